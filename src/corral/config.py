@@ -70,6 +70,10 @@ class Settings:
     allow_insecure: bool = False
     default_network: str = "host"
     node_capacity_mb: int = 0  # 0 = derive from the machine's memory
+    # Billed duration is rounded up to this many ms (100 as the classic price sheet; AWS bills
+    # 1 ms today).
+    billing_granularity_ms: int = 100
+    reap_interval_s: float = 5.0
 
     @property
     def endpoint_url(self) -> str:

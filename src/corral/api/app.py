@@ -1,0 +1,37 @@
+"""The HTTP front: one Starlette application serving every API on one endpoint."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from corral.api import account, functions, invoke, logs, tags
+from corral.api.errors import handle_lambda_error, handle_unexpected
+from corral.errors import LambdaApiError
+from corral.services import Services
+
+
+async def health(request: Request) -> Response:
+    svc: Services = request.app.state.services
+    stats = svc.scheduler.stats()
+    return JSONResponse({"status": "ok", "functions": len(svc.registry.list()),
+                         "instances": {"idle": stats.idle, "busy": stats.busy}})
+
+
+def build_app(services: Services) -> Starlette:
+    routes = [
+        *invoke.routes,
+        *functions.routes,
+        *tags.routes,
+        *account.routes,
+        *logs.routes,
+        Route("/_corral/health", health, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={
+        LambdaApiError: handle_lambda_error,
+        Exception: handle_unexpected,
+    })
+    app.state.services = services
+    return app

@@ -1,0 +1,1 @@
+"""The control plane: function definitions, validation and the in-memory registry."""

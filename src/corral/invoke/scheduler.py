@@ -1,0 +1,194 @@
+"""The scheduler: per-version pools of instances, cold and warm starts, concurrency, keep-alive.
+
+An invocation takes the most recently used idle instance of its version (warm), or starts a new
+one if the account's concurrency allows (cold), or is throttled with `TooManyRequestsException`.
+One request at a time per instance. Idle instances live until their keep-alive expires; the
+reaper destroys them. Updating or deleting a function retires its pools: idle instances go at
+once, busy ones when their invocation ends. The clock is injected so keep-alive is tested
+without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corral.config import Settings
+from corral.errors import ThrottleReason, TooManyRequestsException
+from corral.invoke.instance import Instance, LogSink
+from corral.model import FunctionConfig, Invocation, InvocationResult
+from corral.runtimes import RuntimeInfo
+from corral.sandbox.api import SandboxFactory
+
+log = logging.getLogger(__name__)
+
+PoolKey = tuple[str, str, str]  # function name, version, revision id
+
+
+@dataclass
+class Pool:
+    """The instances of one function version (one revision of its configuration)."""
+
+    config: FunctionConfig
+    idle: list[Instance] = field(default_factory=list)  # most recently used last
+    busy: set[Instance] = field(default_factory=set)
+    retired: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    pools: int
+    idle: int
+    busy: int
+    cold_starts: int
+    warm_starts: int
+    throttles: int
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, factory: SandboxFactory,
+                 code_tree: Callable[[str], Path],
+                 runtime_for: Callable[[str], RuntimeInfo], logs: LogSink,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._code_tree = code_tree
+        self._runtime_for = runtime_for
+        self._logs = logs
+        self._clock = clock
+        self._pools: dict[PoolKey, Pool] = {}
+        self._active = 0  # instances busy or starting, across all functions
+        self._cold = self._warm = self._throttles = 0
+        self._closing = False
+        self._teardown: set[asyncio.Task[None]] = set()
+
+    # accounting -------------------------------------------------------------------------------
+    @property
+    def concurrent_executions(self) -> int:
+        return self._active
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            pools=len(self._pools), idle=sum(len(p.idle) for p in self._pools.values()),
+            busy=sum(len(p.busy) for p in self._pools.values()), cold_starts=self._cold,
+            warm_starts=self._warm, throttles=self._throttles)
+
+    def instances(self, name: str) -> list[Instance]:
+        return [inst for (fn, _, _), pool in self._pools.items() if fn == name
+                for inst in (*pool.idle, *pool.busy)]
+
+    # invoke -------------------------------------------------------------------------------------
+    async def invoke(self, invocation: Invocation) -> InvocationResult:
+        config = invocation.function
+        pool = self._pool_for(config)
+        instance = self._take_idle(pool)
+        if instance is None:
+            if self._active >= self._settings.limits.account_concurrency or self._closing:
+                self._throttles += 1
+                raise TooManyRequestsException(
+                    "Rate Exceeded.", ThrottleReason.CONCURRENT_INVOCATION_LIMIT)
+            instance = Instance(config, self._runtime_for(config.runtime),
+                                self._code_tree(config.code.sha256_hex), self._factory,
+                                self._logs, self._settings, self._clock)
+            self._cold += 1
+        else:
+            self._warm += 1
+        self._active += 1
+        pool.busy.add(instance)
+        # Shielded: a caller that goes away must not leave the instance half-used.
+        task = asyncio.ensure_future(self._run(pool, instance, invocation))
+        return await asyncio.shield(task)
+
+    async def _run(self, pool: Pool, instance: Instance,
+                   invocation: Invocation) -> InvocationResult:
+        try:
+            if instance.invocations == 0 and instance.state.value == "starting":
+                await instance.start()
+            return await instance.invoke(invocation)
+        finally:
+            self._active -= 1
+            pool.busy.discard(instance)
+            if instance.alive and not pool.retired and not self._closing:
+                pool.idle.append(instance)
+            else:
+                self._destroy_later(instance)
+
+    def _take_idle(self, pool: Pool) -> Instance | None:
+        while pool.idle:
+            instance = pool.idle.pop()
+            if instance.alive:
+                return instance
+        return None
+
+    def _pool_for(self, config: FunctionConfig) -> Pool:
+        key = (config.name, config.version, config.revision_id)
+        pool = self._pools.get(key)
+        if pool is None:
+            # A new revision of a version retires the previous ones.
+            for old_key in [k for k in self._pools if k[:2] == key[:2]]:
+                self._retire(old_key)
+            pool = self._pools[key] = Pool(config)
+        return pool
+
+    # retirement and reaping -------------------------------------------------------------------
+    def retire_function(self, name: str) -> None:
+        """Stop reusing every instance of `name` (its code or configuration changed)."""
+        for key in [k for k in self._pools if k[0] == name]:
+            self._retire(key)
+
+    def _retire(self, key: PoolKey) -> None:
+        pool = self._pools.pop(key)
+        pool.retired = True
+        for instance in pool.idle:
+            self._destroy_later(instance)
+        pool.idle.clear()
+
+    def _destroy_later(self, instance: Instance) -> None:
+        task = asyncio.ensure_future(instance.destroy())
+        self._teardown.add(task)
+        task.add_done_callback(self._teardown.discard)
+
+    def reap(self) -> int:
+        """Destroy idle instances whose keep-alive has expired; returns how many."""
+        deadline = self._clock() - self._settings.keep_alive_s
+        reaped = 0
+        for pool in self._pools.values():
+            keep = [inst for inst in pool.idle if inst.last_used > deadline]
+            for instance in pool.idle:
+                if instance.last_used <= deadline:
+                    self._destroy_later(instance)
+                    reaped += 1
+            pool.idle[:] = keep
+        for key in [k for k, p in self._pools.items() if not p.idle and not p.busy]:
+            del self._pools[key]
+        return reaped
+
+    async def run_reaper(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._settings.reap_interval_s)
+            try:
+                self.reap()
+            except Exception:  # the reaper must survive anything
+                log.exception("reaper failed")
+
+    async def drain(self) -> None:
+        """Wait for pending teardowns (tests and shutdown)."""
+        while self._teardown:
+            await asyncio.gather(*list(self._teardown), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Destroy every instance, busy ones included."""
+        self._closing = True
+        for pool in list(self._pools.values()):
+            pool.retired = True
+            for instance in (*pool.idle, *pool.busy):
+                self._destroy_later(instance)
+            pool.idle.clear()
+        self._pools.clear()
+        with contextlib.suppress(Exception):
+            await self.drain()
