@@ -34,9 +34,8 @@ from corral.logs.api import LogsApi
 from corral.logs.store import SqliteLogStore
 from corral.logs.writer import BufferedLogWriter
 from corral.model import Invocation, InvocationResult
-from corral.runtimes import discover
+from corral.runtimes import discover, precompile
 from corral.sandbox.api import SandboxFactory
-from corral.sandbox.select import make_factory
 from corral.services import Services
 from corral.store.api import AsyncEvent
 from corral.store.codepkg import CodeStore
@@ -77,7 +76,11 @@ class Runtime:
         self.db = Database(settings.db_path)
         self.keys = KeyStore(keys_path(settings.data_dir))
         self.root_key = self.keys.load_or_create_root()
-        self.factory = factory or make_factory(settings)
+        if factory is None:
+            from corral.sandbox.select import make_factory
+
+            factory = make_factory(settings)
+        self.factory = factory
         self.code = CodeStore(settings.code_dir, settings.limits)
         self.functions = SqliteFunctionRepo(self.db)
         self.queue = SqliteEventQueue(self.db)
@@ -109,6 +112,7 @@ class Runtime:
         if recovered:
             log.info("redelivering %d asynchronous events accepted before a crash", recovered)
         self.registry.collect_garbage()
+        await asyncio.get_running_loop().run_in_executor(None, precompile, self.registry.runtimes)
         self._tasks = [asyncio.ensure_future(t) for t in (
             self.scheduler.run_reaper(), self.async_invoker.run(), self.log_writer.run())]
 

@@ -555,7 +555,7 @@ def _split_top_level(text: str) -> list[str]:
     while i < len(text):
         ch = text[i]
         if ch in "\"%":
-            raw, end = _read_quoted(text, i, ch)
+            _, end = _read_quoted(text, i, ch)
             current.append(text[i:end])
             i = end
             continue

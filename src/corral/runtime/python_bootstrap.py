@@ -322,6 +322,8 @@ def _configure_logging(logging):
             record.levelno = min(50, max(0, record.levelno)) // 10 * 10
             record.levelname = logging.getLevelName(record.levelno)
             exc = record.exc_info
+            if not exc or exc[0] is None:  # logger.exception() outside an except block
+                exc = None
             result = {
                 "timestamp": self.formatTime(record),
                 "level": record.levelname,

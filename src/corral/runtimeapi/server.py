@@ -1,10 +1,15 @@
 """The host side of the Lambda Runtime API (2018-06-01), one server per function instance.
 
-`RuntimeApiServer.start(sock, backend)` serves HTTP/1.1 (asyncio protocol + h11) on a listening
-socket made by the sandbox layer; every connection on it belongs to that one instance and each
-Runtime API call becomes one call on the instance's `RuntimeApiBackend`. The official runtime
-clients work against it unmodified: awslambdaric (libcurl with keep-alive, `http.client` for
+`RuntimeApiServer.start(sock, backend)` serves HTTP/1.1 on a listening socket made by the
+sandbox layer; every connection on it belongs to that one instance and each Runtime API call
+becomes one call on the instance's `RuntimeApiBackend`. The official runtime clients work
+against it unmodified: awslambdaric (libcurl with keep-alive, `http.client` for
 `/runtime/init/error`) and aws-lambda-ric.
+
+Design: one asyncio protocol plus one task per connection. h11 parses requests (a fresh parser
+per request, seeded with the bytes the previous one had buffered, so pipelining works);
+responses are serialised here directly, since every header is ours and h11's send path cost as
+much as its parser on this warm-invoke path.
 
 Routes (everything else: 404 JSON; a known path with another method: 405 JSON + `Allow`):
 
@@ -46,6 +51,8 @@ Behaviour where the interface documents are silent (chosen here):
 * `/next` header values are made header-safe: whitespace controls become spaces and NUL is
   dropped (harmless for the JSON texts of client context / cognito identity); empty values
   are omitted.
+* `/error` bodies go to the backend as sent: the X-Ray cause header and the
+  `application/vnd.aws.lambda.error.cause+json` content type are not interpreted.
 * Malformed HTTP: 400 (431 for oversized headers) and close. Headers may total 2 MiB:
   awslambdaric's `Lambda-Runtime-Function-XRay-Error-Cause` can approach 1 MiB.
 * `close()` stops accepting, aborts every connection (a pending `/next` is cancelled, its
@@ -62,6 +69,7 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
@@ -170,31 +178,75 @@ def _too_large_body(limit: int) -> bytes:
 
 
 def _header_value(value: str) -> bytes | None:
-    """`value` as a header value h11 accepts, or None when nothing is left of it."""
+    """`value` as a safe header value (no CR/LF/NUL, no edge spaces), or None if empty."""
     raw = value.encode()
     if _UNSAFE_HEADER_VALUE.search(raw):
         raw = raw.translate(_HEADER_SAFE, b"\x00").strip(b" ")
     return raw or None
 
 
-def _next_headers(inv: NextInvocation) -> list[tuple[bytes, bytes]]:
-    headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", inv.content_type.encode() or _JSON),
-        (b"lambda-runtime-aws-request-id", inv.request_id.encode()),
-        (b"lambda-runtime-deadline-ms", b"%d" % inv.deadline_ms),
-        (b"lambda-runtime-invoked-function-arn", inv.invoked_function_arn.encode()),
+def _next_head(inv: NextInvocation, length: int, extra: bytes) -> bytes:
+    """The head of the `/next` 200 response (RIE `renderInvokeHeaders`, plus framing)."""
+    parts = [
+        b"HTTP/1.1 200 OK\r\ncontent-type: ",
+        _header_value(inv.content_type) or _JSON,
+        b"\r\ncontent-length: %d\r\ndate: %s\r\nlambda-runtime-deadline-ms: %d\r\n"
+        % (length, _http_date(), inv.deadline_ms),
     ]
     for name, value in (
-        (b"lambda-runtime-trace-id", inv.trace_id),
-        (b"lambda-runtime-client-context", inv.client_context),
-        (b"lambda-runtime-cognito-identity", inv.cognito_identity),
-        (b"lambda-runtime-aws-tenant-id", inv.tenant_id),
+        (b"lambda-runtime-aws-request-id: ", inv.request_id),
+        (b"lambda-runtime-invoked-function-arn: ", inv.invoked_function_arn),
+        (b"lambda-runtime-trace-id: ", inv.trace_id),
+        (b"lambda-runtime-client-context: ", inv.client_context),
+        (b"lambda-runtime-cognito-identity: ", inv.cognito_identity),
+        (b"lambda-runtime-aws-tenant-id: ", inv.tenant_id),
     ):
         if value:
             raw = _header_value(value)
             if raw is not None:
-                headers.append((name, raw))
-    return headers
+                parts += (name, raw, b"\r\n")
+    parts += (extra, b"\r\n")
+    return b"".join(parts)
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+        _STATUS_LINES[status] = line
+    return line
+
+
+def _new_parser() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADER_BYTES)
+
+
+class _RequestHeaders:
+    """The request headers the Runtime API looks at, found in one pass."""
+
+    __slots__ = ("close", "content_length", "content_type", "error_type", "response_mode")
+
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self.content_type: bytes | None = None
+        self.error_type: bytes | None = None
+        self.response_mode: bytes | None = None
+        self.content_length = -1
+        self.close = False
+        for raw_name, value in headers:
+            name = raw_name.lower()
+            if name == b"content-type":
+                self.content_type = value
+            elif name == b"content-length":
+                self.content_length = int(value)
+            elif name == b"lambda-runtime-function-error-type":
+                self.error_type = value
+            elif name == b"lambda-runtime-function-response-mode":
+                self.response_mode = value
+            elif name == b"connection":
+                self.close = b"close" in (t.strip() for t in value.lower().split(b","))
 
 
 class _Abandon(Exception):
@@ -224,10 +276,6 @@ class RuntimeApiServer:
         """How many runtime connections are open right now."""
         return len(self._connections)
 
-    @property
-    def closing(self) -> bool:
-        return self._closing
-
     async def close(self) -> None:
         """Stop accepting, abort all connections (cancelling a pending /next); idempotent."""
         if self._closed is not None:
@@ -251,19 +299,26 @@ class RuntimeApiServer:
 
 
 class _Connection(asyncio.Protocol):
-    """One runtime connection: a protocol feeding h11 and a task serving its requests in turn."""
+    """One runtime connection: a protocol buffering input and a task serving requests in turn.
+
+    The task owns the h11 parser; `data_received` only queues bytes and wakes it. Response
+    headers are rendered here (backend-provided values go through `_header_value`).
+    """
 
     __slots__ = (
         "_backend",
         "_eof",
-        "_eof_fed",
         "_h11",
+        "_head_only",
         "_in_next",
         "_inbuf",
         "_inlen",
+        "_keep_alive",
         "_lost",
         "_read_paused",
+        "_responded",
         "_server",
+        "_starved",
         "_transport",
         "_waiter",
         "_write_paused",
@@ -273,16 +328,19 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: RuntimeApiServer) -> None:
         self._server = server
         self._backend = server._backend
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADER_BYTES)
+        self._h11 = _new_parser()
+        self._starved = True  # the parser has nothing to parse until data arrives
         self._transport: asyncio.Transport | None = None
         self._inbuf: list[bytes] = []
         self._inlen = 0
         self._eof = False
-        self._eof_fed = False
         self._lost = False
         self._read_paused = False
         self._write_paused = False
         self._in_next = False
+        self._keep_alive = True
+        self._head_only = False
+        self._responded = False
         self._waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -349,56 +407,59 @@ class _Connection(asyncio.Protocol):
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         conn = self._h11
         while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return cast("h11.Event | type[h11.PAUSED]", event)
             if self._inbuf:
                 for chunk in self._inbuf:
                     conn.receive_data(chunk)
                 self._inbuf.clear()
                 self._inlen = 0
+                self._starved = False
                 if self._read_paused and self._transport is not None and not self._lost:
                     self._read_paused = False
                     self._transport.resume_reading()
-            elif self._eof:
-                if self._eof_fed:
-                    raise _Abandon
-                self._eof_fed = True
+            elif self._starved:
+                # The parser cannot make progress without more input: wait, don't re-parse.
+                if not self._eof:
+                    await self._wait()
+                    continue
+                if conn.trailing_data[1]:
+                    raise _Abandon  # cannot happen: h11 never needs data after EOF
                 conn.receive_data(b"")
-            else:
-                await self._wait()
+                self._starved = False
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                self._starved = True
+                continue
+            return cast("h11.Event | type[h11.PAUSED]", event)
 
     def _respond(
         self,
         status: int,
         body: bytes,
         content_type: bytes = _JSON,
-        extra: list[tuple[bytes, bytes]] | None = None,
+        extra: bytes = b"",
         close: bool = False,
     ) -> None:
-        headers = [
-            (b"content-type", content_type),
-            (b"content-length", b"%d" % len(body)),
-            (b"date", _http_date()),
-        ]
-        if extra:
-            headers += extra
+        """Write a complete response; `extra` holds pre-rendered `name: value\r\n` lines."""
         if close:
-            headers.append((b"connection", b"close"))
-        self._send_response(status, headers, body)
-
-    def _send_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        conn = self._h11
-        head = conn.send(
-            h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+            self._keep_alive = False
+        if not self._keep_alive:
+            extra += b"connection: close\r\n"
+        head = b"%scontent-type: %s\r\ncontent-length: %d\r\ndate: %s\r\n%s\r\n" % (
+            _status_line(status),
+            content_type,
+            len(body),
+            _http_date(),
+            extra,
         )
-        assert head is not None
-        if body:
-            conn.send_with_data_passthrough(h11.Data(data=body))
-        conn.send(h11.EndOfMessage())
+        self._write(head, body)
+
+    def _write(self, head: bytes, body: bytes) -> None:
         transport = self._transport
         assert transport is not None
-        if len(body) <= _COALESCE_MAX:
+        self._responded = True
+        if self._head_only or not body:
+            transport.write(head)
+        elif len(body) <= _COALESCE_MAX:
             transport.write(head + body)
         else:
             transport.write(head)
@@ -427,30 +488,43 @@ class _Connection(asyncio.Protocol):
         """Serve one request; False when the connection must be closed."""
         while self._write_paused:
             await self._wait()
-        conn = self._h11
+        self._responded = False
         try:
             event = await self._next_event()
-            if type(event) is not h11.Request:
+            if not isinstance(event, h11.Request):
                 return False  # ConnectionClosed
+            self._keep_alive = event.http_version == b"1.1"
+            self._head_only = event.method == b"HEAD"
             await self._dispatch(event)
         except h11.RemoteProtocolError as exc:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                status = exc.error_status_hint
-                self._respond(status, _error_body(f"Bad request: {exc}", "BadRequest"), close=True)
+            if not self._responded:
+                body = _error_body(f"Bad request: {exc}", "BadRequest")
+                self._respond(exc.error_status_hint, body, close=True)
             return False
         except (asyncio.CancelledError, _Abandon):
             raise
         except Exception:
             logger.exception("Runtime API request failed")
-            if conn.our_state is h11.SEND_RESPONSE:
+            if not self._responded:
                 self._respond(500, _INTERNAL_ERROR, close=True)
             return False
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            return True
-        return False
+        if not self._keep_alive:
+            return False
+        # Next request: a fresh parser, seeded with what this one buffered beyond the request.
+        data, closed = self._h11.trailing_data
+        conn = _new_parser()
+        if data:
+            conn.receive_data(data)
+        if closed:
+            conn.receive_data(b"")
+        self._h11 = conn
+        self._starved = not (data or closed)
+        return True
 
     async def _dispatch(self, request: h11.Request) -> None:
+        headers = _RequestHeaders(request.headers.raw_items())
+        if headers.close:
+            self._keep_alive = False
         target = request.target
         query = target.find(b"?")
         path = target if query < 0 else target[:query]
@@ -477,14 +551,14 @@ class _Connection(asyncio.Protocol):
         else:
             await self._reply_after_body(404, _NOT_FOUND)
             return
-        if request.method != allowed:
-            await self._reply_after_body(405, _METHOD_NOT_ALLOWED, extra=[(b"allow", allowed)])
-            return
 
+        if request.method != allowed:
+            await self._reply_after_body(405, _METHOD_NOT_ALLOWED, extra=b"allow: %s\r\n" % allowed)
+            return
         if kind == _NEXT:
             await self._handle_next()
         elif kind in (_RESPONSE, _ERROR, _INIT_ERROR):
-            await self._handle_post(kind, request, request_id)
+            await self._handle_post(kind, headers, request_id)
         elif kind == _PING:
             await self._reply_after_body(200, _PONG, _TEXT)
         elif kind == _LOGS:
@@ -499,7 +573,7 @@ class _Connection(asyncio.Protocol):
         status: int,
         body: bytes,
         content_type: bytes = _JSON,
-        extra: list[tuple[bytes, bytes]] | None = None,
+        extra: bytes = b"",
     ) -> None:
         """Drain the request body (bounded), then answer."""
         _, _, eom = await self._read_body(self._backend.max_response_bytes)
@@ -511,11 +585,10 @@ class _Connection(asyncio.Protocol):
         `body` is None when the body exceeds `limit` (the rest is drained and dropped); `end`
         is None when even draining was abandoned (the connection must then be closed).
         """
-        conn = self._h11
-        if conn.they_are_waiting_for_100_continue:
-            head = conn.send(h11.InformationalResponse(status_code=100, headers=[]))
-            assert head is not None and self._transport is not None
-            self._transport.write(head)
+        if self._h11.they_are_waiting_for_100_continue:
+            transport = self._transport
+            assert transport is not None
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         chunks: list[bytes | bytearray] = []  # h11 hands out bytearrays
         size = 0
         over = False
@@ -555,27 +628,11 @@ class _Connection(asyncio.Protocol):
             return
         finally:
             self._in_next = False
-        headers = _next_headers(inv)
         body = inv.body
-        headers.append((b"content-length", b"%d" % len(body)))
-        headers.append((b"date", _http_date()))
-        self._send_response(200, headers, body)
+        head = _next_head(inv, len(body), b"" if self._keep_alive else b"connection: close\r\n")
+        self._write(head, body)
 
-    async def _handle_post(self, kind: int, request: h11.Request, request_id: str) -> None:
-        content_type: bytes | None = None
-        error_type: bytes | None = None
-        response_mode: bytes | None = None
-        declared = -1
-        for name, value in request.headers:
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                declared = int(value)
-            elif name == b"lambda-runtime-function-error-type":
-                error_type = value
-            elif name == b"lambda-runtime-function-response-mode":
-                response_mode = value
-
+    async def _handle_post(self, kind: int, headers: _RequestHeaders, request_id: str) -> None:
         backend = self._backend
         limit = backend.max_response_bytes
         if kind != _INIT_ERROR and not request_id:
@@ -583,6 +640,7 @@ class _Connection(asyncio.Protocol):
             return
 
         eom: h11.EndOfMessage | None
+        declared = headers.content_length
         if declared > limit and (
             declared > limit + _DISCARD_SLACK or self._h11.they_are_waiting_for_100_continue
         ):
@@ -593,11 +651,12 @@ class _Connection(asyncio.Protocol):
 
         try:
             if body is None:
-                self._report_too_large(kind, request_id, error_type, size, limit)
+                self._report_too_large(kind, request_id, headers.error_type, size, limit)
                 self._respond(413, _too_large_body(limit), close=close)
                 return
             if kind == _RESPONSE:
-                if response_mode is not None and response_mode != b"streaming":
+                mode = headers.response_mode
+                if mode is not None and mode != b"streaming":
                     backend.post_error(
                         request_id,
                         "Runtime.InvalidResponseModeHeader",
@@ -611,15 +670,16 @@ class _Connection(asyncio.Protocol):
                 if trailer_error is not None:
                     backend.post_error(request_id, trailer_error[0], trailer_error[1])
                 else:
+                    content_type = headers.content_type
                     backend.post_response(
                         request_id,
                         body,
                         content_type.decode("latin-1") if content_type is not None else None,
                     )
             elif kind == _ERROR:
-                backend.post_error(request_id, _error_type_header(error_type), body)
+                backend.post_error(request_id, _error_type_header(headers.error_type), body)
             else:
-                backend.post_init_error(_error_type_header(error_type), body)
+                backend.post_init_error(_error_type_header(headers.error_type), body)
         except Exception as exc:
             status, payload = self._map_backend_error(exc)
             self._respond(status, payload, close=close)

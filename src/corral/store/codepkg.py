@@ -311,7 +311,7 @@ class CodeStore:
         self._trees = self.root / "trees"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._trees.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # staging helpers re-enter it under _store
         self._inflight: set[str] = set()  # staging names (basenames) owned by running puts
 
     # -- paths ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from corral.model import LATEST, FunctionConfig
@@ -19,7 +20,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (
     name TEXT PRIMARY KEY,
     tags TEXT NOT NULL DEFAULT '{}',
-    created REAL NOT NULL DEFAULT (unixepoch('subsec'))
+    created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS versions (
     name TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
@@ -71,8 +72,8 @@ class SqliteFunctionRepo:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if create:
-                    conn.execute("INSERT INTO functions (name, tags) VALUES (?, ?)",
-                                 (config.name, json.dumps(tags or {})))
+                    conn.execute("INSERT INTO functions (name, tags, created) VALUES (?, ?, ?)",
+                                 (config.name, json.dumps(tags or {}), time.time()))
                 elif tags is not None:
                     conn.execute("UPDATE functions SET tags = ? WHERE name = ?",
                                  (json.dumps(tags), config.name))

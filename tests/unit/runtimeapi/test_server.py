@@ -717,6 +717,34 @@ def test_ping_logs_telemetry_and_extensions(api: Harness) -> None:
     assert json.loads(body)["errorType"] == "Extension.Unsupported"
 
 
+def test_connection_close_http10_and_head(api: Harness) -> None:
+    """Connection: close and HTTP/1.0 end the connection; a HEAD answer carries no body."""
+    for request_line, extra in (
+        ("GET /2018-06-01/ping HTTP/1.1", "Connection: close\r\n"),
+        ("GET /2018-06-01/ping HTTP/1.0", ""),
+    ):
+        sock = api.raw()
+        sock.sendall(f"{request_line}\r\nHost: x\r\n{extra}\r\n".encode())
+        status, headers, body, _ = read_response(sock)
+        assert (status, body, headers["connection"]) == (200, b"pong", "close")
+        assert is_closed(sock)
+        sock.close()
+    sock = api.raw()
+    sock.sendall(f"HEAD {NEXT} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    time.sleep(0.05)
+    sock.sendall(b"GET /2018-06-01/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"pong"):
+        chunk = sock.recv(65536)
+        assert chunk
+        data += chunk
+    first, _, second = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 405 ")
+    assert b"content-length: " in first.lower()
+    assert second.startswith(b"HTTP/1.1 200 ")  # no 405 body in between
+    sock.close()
+
+
 def test_malformed_request_gets_400_and_close(api: Harness) -> None:
     """Garbage on the wire is answered 400 and the connection is closed."""
     sock = api.raw()

@@ -8,6 +8,7 @@ honest archive (NUL names, lying sizes, the encryption flag).
 from __future__ import annotations
 
 import base64
+import calendar
 import hashlib
 import io
 import os
@@ -169,7 +170,7 @@ def test_file_mtimes_come_from_the_archive(store: CodeStore) -> None:
     """Extracted files carry the entry's timestamp (read as UTC), keeping shipped .pyc valid."""
     info = store.put(make_zip(VALID))
     mtime = (store.tree_path(info.sha256_hex) / "bootstrap").stat().st_mtime
-    assert mtime == time.mktime((2024, 1, 2, 3, 4, 6, 0, 0, 0)) - time.timezone
+    assert mtime == calendar.timegm((2024, 1, 2, 3, 4, 6, 0, 0, 0))
 
 
 def test_zip_without_unix_modes_gets_default_permissions(store: CodeStore) -> None:
@@ -369,7 +370,11 @@ def test_unzipped_size_over_limit_is_rejected(root: Path) -> None:
 
 
 def test_zip_bomb_lying_about_its_size_is_stopped(root: Path) -> None:
-    """A member declaring 1 KB that inflates to 1 MB passes the declared check but not extraction."""
+    """A member declaring 1 KB that inflates to 1 MB passes the declared check but not extraction.
+
+    zipfile stops reading at the declared size and the CRC then fails; the store's own
+    byte budget stands behind that in case a reader ever returns more than declared.
+    """
     honest = make_zip([(file_info("bomb.bin"), b"\0" * 1_000_000)])
     bomb = set_declared_size(honest, 1000)
     assert zipfile.ZipFile(io.BytesIO(bomb)).infolist()[0].file_size == 1000
@@ -402,11 +407,13 @@ def test_concurrent_puts_of_one_package_agree(store: CodeStore) -> None:
         except BaseException as exc:  # surfaced by the assertion below
             results.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
+    # Daemon threads and a bounded join: a deadlock fails the test instead of hanging the run.
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "put() deadlocked"
     assert len(results) == 6
     assert all(result == results[0] for result in results), results
     sha = hashlib.sha256(data).hexdigest()
@@ -437,10 +444,9 @@ def test_collect_garbage_keeps_only_referenced(store: CodeStore) -> None:
 
     assert store.collect_garbage({keep.sha256_hex}) == 2
     assert sorted(p.name for p in (store.root / "trees").iterdir()) == [keep.sha256_hex]
-    assert sorted(p.name for p in (store.root / "blobs").iterdir()) == [
-        "README",
-        f"{keep.sha256_hex}.zip",
-    ]
+    assert sorted(p.name for p in (store.root / "blobs").iterdir()) == sorted(
+        ["README", f"{keep.sha256_hex}.zip"]
+    )
     assert store.read_zip(keep.sha256_hex) == store.zip_path(keep.sha256_hex).read_bytes()
     assert drop.sha256_hex not in {p.name for p in (store.root / "trees").iterdir()}
     assert store.collect_garbage({keep.sha256_hex}) == 0

@@ -1,0 +1,741 @@
+"""The Linux sandbox: namespaces, pivot_root, cgroups, an unprivileged uid, no capabilities,
+no_new_privs and seccomp around every function instance (root required).
+
+Host side of the design in docs/sandbox.md. The factory keeps a few *warm launchers*: system
+Python processes running `nsinit.py`, each already inside its own pooled cgroup and waiting
+for a config. `spawn()` takes one, writes the instance's limits, hands it the config with the
+log pipe and control socket over a SOCK_SEQPACKET setup socket, and the launcher clones the
+sandbox's init with CLONE_PARENT, so the init is a direct child of the server (reaped through a
+pidfd, like `process.ProcessSandbox`) and starts inside the cgroup without being moved. The
+init builds the root, drops privileges and execs the runtime; EOF on the setup socket means the
+exec happened.
+
+Thread model: call `spawn()` from one long-lived thread running the event loop (the server's
+main loop). Launchers are started from that thread and the sandboxes are children of it;
+their PDEATHSIG fires when that thread exits, so nothing outlives the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import marshal
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from corral.errors import SandboxError
+from corral.sandbox import cgroups, ephemeral, seccomp
+from corral.sandbox.api import ExitStatus, IsolationReport, SandboxSpec, SandboxView
+from corral.sandbox.process import exit_status_from_wait
+
+NSINIT = Path(__file__).with_name("nsinit.py")
+DEFAULT_UID = 10001
+DEFAULT_GID = 10001
+USER_NAME = "sbx_user1051"
+HOSTNAME = "corral"
+RUNTIME_API_PORT = 9001
+TASK_ROOT = "/var/task"
+RUNTIME_ROOT = "/var/runtime"
+OPT_ROOT = "/opt"
+TMP_DIR = "/tmp"
+SHM_MB = 64
+DEFAULT_TMP_MB = 512
+_MSG_MAX = 1 << 16
+# paths the function may not ask to have bound over (extra_ro_paths)
+_RESERVED = ("/etc", "/proc", "/dev", "/tmp", "/var/task", "/var/runtime", "/opt")
+_PROC_MASKS = ("kcore", "timer_list", "sysrq-trigger", "sched_debug")
+_ETC_COPY = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+             "ssl/certs", "ssl/openssl.cnf", "pki/tls/certs", "pki/ca-trust/extracted",
+             "alternatives", "mime.types", "protocols", "services", "host.conf", "gai.conf",
+             "os-release", "debian_version", "python3")
+_NSSWITCH = """passwd: files
+group: files
+shadow: files
+hosts: files dns
+networks: files
+protocols: files
+services: files
+ethers: files
+rpc: files
+"""
+
+
+def _default_python() -> str:
+    """A system Python for nsinit.py (fast `-S -I` start), else the server's interpreter."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable
+
+
+def _fs_type(path: Path) -> str:
+    """The filesystem type of the mount that holds `path` (from mountinfo)."""
+    target = str(path.resolve())
+    best, kind = "", ""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            mount_point = left.split()[4].replace("\\040", " ")
+            prefix = mount_point.rstrip("/") + "/"
+            inside = target == mount_point or target.startswith(prefix)
+            if inside and len(mount_point) >= len(best):
+                best, kind = mount_point, right.split()[0]
+    return kind
+
+
+def build_etc(directory: Path, uid: int, gid: int, hostname: str) -> None:
+    """The sandbox's /etc: generated identity files plus copies of what runtimes read."""
+    directory.mkdir(mode=0o755)
+    for name in _ETC_COPY:
+        source = Path("/etc") / name
+        target = directory / name
+        if not (source.exists() or source.is_symlink()):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if source.is_symlink() and not source.is_dir():
+            os.symlink(os.readlink(source), target)
+        elif source.is_dir():
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copy2(source, target)
+    for source in Path("/etc").glob("python3.*"):
+        if source.is_dir():
+            shutil.copytree(source, directory / source.name, symlinks=True)
+    with contextlib.suppress(OSError):
+        (directory / "resolv.conf").write_bytes(Path("/etc/resolv.conf").read_bytes())
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                  f"{USER_NAME}:x:{uid}:{gid}::/tmp:/usr/sbin/nologin\n"
+                  f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\n{USER_NAME}:x:{gid}:\nnogroup:x:65534:\n",
+        "hostname": f"{hostname}\n",
+        "hosts": f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        "nsswitch.conf": _NSSWITCH,
+    }
+    for name, content in files.items():
+        (directory / name).write_text(content)
+    for path in [directory, *directory.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+class _Shell:
+    """A warm launcher: nsinit.py waiting in its cgroup for one sandbox config."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket,
+                 cgroup: cgroups.Cgroup, image: ephemeral.Image | None) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.cgroup = cgroup
+        self.image = image  # mounted on the skeleton's /tmp once joined
+        self.tmp_fd = -1  # the host's handle on that /tmp filesystem
+        self.timings: dict[str, float] = {}
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+
+
+async def _readable(sock: socket.socket, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await asyncio.wait_for(ready, timeout)
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def _recv(sock: socket.socket, deadline: float) -> tuple[dict[str, Any] | None, list[int]]:
+    """One setup message (None at EOF) and the fds attached to it."""
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, _MSG_MAX, 4,
+                                                       socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("sandbox setup timed out") from None
+            await _readable(sock, remaining)
+            continue
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return None, []
+        message = marshal.loads(data)
+        assert isinstance(message, dict)
+        return message, fds
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    socket.send_fds(sock, [marshal.dumps(message, 4)], fds or [])
+
+
+class LinuxSandbox:
+    """One instance in its namespaces and cgroup. Created by `LinuxSandboxFactory.spawn`."""
+
+    def __init__(self, factory: LinuxSandboxFactory, spec: SandboxSpec, view: SandboxView) -> None:
+        self.spec = spec
+        self.view = view
+        self.pid = 0
+        self.control, self._child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.runtime_api_socket: socket.socket | None = None
+        self.log_fd = -1
+        self.setup_timings: dict[str, float] = {}  # ms from config receipt, plus join/total
+        self._factory = factory
+        self._shell: _Shell | None = None
+        self._cgroup: cgroups.Cgroup | None = None
+        self._image: ephemeral.Image | None = None
+        self._tmp_fd = -1
+        self._spare: tuple[ephemeral.Image, int] | None = None
+        self._pidfd = -1
+        self._exit: asyncio.Future[ExitStatus] | None = None
+        self._oom_base = 0
+        self._destroyed = False
+
+    # ----------------------------------------------------------------------------- startup
+
+    async def _start(self) -> None:
+        factory, spec = self._factory, self.spec
+        begin = time.perf_counter()
+        self._shell = shell = await factory._acquire_shell()
+        self._cgroup = cgroup = shell.cgroup
+        tmp_device = ""
+        if shell.tmp_fd >= 0 and shell.image is not None \
+                and shell.image.size_mb == spec.ephemeral_mb:
+            self._image, self._tmp_fd = shell.image, shell.tmp_fd  # already on /tmp
+            self.setup_timings["tmp_premounted"] = 1.0
+        else:
+            if shell.image is not None:  # wrong size: recycled once the launcher is gone
+                self._spare = (shell.image, shell.tmp_fd)
+            self._image = await factory._acquire_image(spec.ephemeral_mb)
+            tmp_device = self._image.device if self._image is not None else ""
+        shell.image, shell.tmp_fd = None, -1
+        cgroup.configure(spec.memory_mb, spec.pids_max)
+        self._oom_base = cgroup.oom_kills()
+
+        env = dict(spec.env)
+        api_port = 0  # nonzero: nsinit listens on this port inside the new netns
+        if spec.runtime_api and spec.network == "none":
+            api_port = RUNTIME_API_PORT
+            env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{api_port}"
+        elif spec.runtime_api:  # host network: listen on the host's loopback, any port
+            api = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            api.bind(("127.0.0.1", 0))
+            api.listen(128)
+            self.runtime_api_socket = api
+            env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{api.getsockname()[1]}"
+        else:
+            env["CORRAL_CONTROL_FD"] = "3"
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        self.log_fd = read_fd
+        fds = [write_fd]
+        control_index = -1
+        if not spec.runtime_api:
+            fds.append(self._child_control.fileno())
+            control_index = 1
+        config = factory._config(spec, tmp_device, env, api_port, control_index)
+        self.setup_timings["host_before_send"] = round((time.perf_counter() - begin) * 1000, 3)
+        try:
+            _send(shell.sock, config, fds)
+        finally:
+            os.close(write_fd)
+            self._child_control.close()
+
+        deadline = time.monotonic() + factory.setup_timeout
+        error: str | None = None
+        execed = False
+        while True:
+            message, received = await _recv(shell.sock, deadline)
+            if message is None:
+                break
+            op = message.get("op")
+            self.setup_timings["host_" + str(op)] = round((time.perf_counter() - begin) * 1000, 3)
+            if op == "pid":
+                self._watch(int(message["pid"]))
+            elif op == "api" and received:
+                self.runtime_api_socket = socket.socket(fileno=received.pop(0))
+            elif op == "tmp" and received:
+                self._tmp_fd = received.pop(0)
+            elif op == "exec":
+                execed = True
+                self.setup_timings.update(message.get("timings_ms", {}))
+            elif op == "error":
+                error = str(message.get("msg"))
+            for fd in received:
+                os.close(fd)
+        self.setup_timings["host_eof"] = round((time.perf_counter() - begin) * 1000, 3)
+        shell.proc.wait()  # the launcher exits right after reporting the pid
+        shell.sock.close()
+        self._shell = None
+        if self._spare is not None:
+            factory._recycle_image(*self._spare)
+            self._spare = None
+        if error is not None or not execed or self._exit is None:
+            raise SandboxError(f"could not start {spec.argv[0]} in the sandbox: "
+                               f"{error or 'sandbox init died before exec'}")
+        cgroup.reset_memory_peak()  # the launcher's own pages do not count
+        self.setup_timings.update(shell.timings)
+        self.setup_timings["spawn_total"] = round((time.perf_counter() - begin) * 1000, 3)
+        self.control.setblocking(False)
+
+    def _watch(self, pid: int) -> None:
+        """Reap `pid` (our child through CLONE_PARENT) via a pidfd when it exits."""
+        self.pid = pid
+        self._pidfd = os.pidfd_open(pid)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ExitStatus] = loop.create_future()
+        self._exit = future
+        pidfd = self._pidfd
+
+        def reap() -> None:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
+                return
+            loop.remove_reader(pidfd)
+            result = exit_status_from_wait(status)
+            if self._cgroup is not None:
+                with contextlib.suppress(OSError):
+                    if self._cgroup.oom_kills() > self._oom_base:
+                        result = ExitStatus(code=result.code, signal=result.signal,
+                                            oom_killed=True)
+            if not future.done():
+                future.set_result(result)
+
+        loop.add_reader(pidfd, reap)
+
+    # ------------------------------------------------------------------------------ contract
+
+    async def wait(self) -> ExitStatus:
+        assert self._exit is not None, "sandbox not started"
+        return await asyncio.shield(self._exit)
+
+    def kill(self) -> None:
+        if self._pidfd >= 0 and self._exit is not None and not self._exit.done():
+            with contextlib.suppress(ProcessLookupError):
+                # pid 1 of the PID namespace: the kernel kills every other process in it
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def after_init(self) -> None:
+        if self._cgroup is not None and not self._destroyed:
+            self._cgroup.set_cpu_quota(self.spec.memory_mb)
+
+    def memory_peak_bytes(self) -> int | None:
+        if self._cgroup is None or self._destroyed:
+            return None
+        try:
+            return self._cgroup.memory_peak()
+        except OSError:
+            return None
+
+    def reset_memory_peak(self) -> None:
+        if self._cgroup is not None and not self._destroyed:
+            with contextlib.suppress(OSError):
+                self._cgroup.reset_memory_peak()
+
+    def cgroup_pids(self) -> list[int]:
+        """Host pids of every process in this sandbox's cgroup (for tests and tools)."""
+        return self._cgroup.pids() if self._cgroup is not None else []
+
+    async def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self.kill()
+        if self._exit is not None:
+            await asyncio.shield(self._exit)
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if self._shell is not None:  # failed during setup
+            self._factory._discard_shell(self._shell)
+            self._shell = None
+        if self._spare is not None:
+            self._factory._recycle_image(*self._spare)
+            self._spare = None
+        for sock in (self.control, self._child_control, self.runtime_api_socket):
+            if sock is not None:
+                sock.close()
+        if self.log_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.log_fd)
+            self.log_fd = -1
+        cgroup, self._cgroup = self._cgroup, None
+        image, self._image = self._image, None
+        if cgroup is not None:
+            if cgroup.pids():  # cannot happen once the namespace's init is reaped; be sure
+                await asyncio.to_thread(cgroup.kill_all)
+            self._factory._recycle_cgroup(cgroup)
+        tmp_fd, self._tmp_fd = self._tmp_fd, -1
+        if image is not None:
+            self._factory._recycle_image(image, tmp_fd)
+        elif tmp_fd >= 0:
+            os.close(tmp_fd)
+        self._factory._live.discard(self)
+
+
+class LinuxSandboxFactory:
+    """Spawns `LinuxSandbox`es. Needs root, namespaces and a cgroup hierarchy with memory.
+
+    `run_dir` receives a private state directory (root mount point, generated /etc, /tmp
+    images) that `close()` removes. `warm_shells` launchers are kept joined to their cgroups;
+    `warm_images` 512 MB /tmp images are kept formatted.
+    """
+
+    def __init__(self, run_dir: Path, *, uid: int = DEFAULT_UID, gid: int = DEFAULT_GID,
+                 warm_shells: int = 2, warm_images: int = 2, python: str | None = None,
+                 setup_timeout: float = 10.0, hostname: str = HOSTNAME,
+                 cgroup_driver: cgroups.CgroupDriver | None = None) -> None:
+        if os.geteuid() != 0:
+            raise SandboxError("the Linux sandbox needs root (namespaces, mounts, cgroups)")
+        if not seccomp.supported():
+            raise SandboxError(f"no seccomp filter for {seccomp.native_arch()}")
+        self.uid, self.gid, self.hostname = uid, gid, hostname
+        self.setup_timeout = setup_timeout
+        self._python = python or _default_python()
+        self._warm_shells = warm_shells
+        self._warm_images = warm_images
+        self._shells: list[_Shell] = []
+        self._live: set[LinuxSandbox] = set()
+        self._pending: set[ThreadFuture[None]] = set()
+        self._closed = False
+        self._cgroups: cgroups.CgroupPool | None = None
+        self._images: ephemeral.EphemeralPool | None = None
+        self._images_dir: Path | None = None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._state = Path(tempfile.mkdtemp(prefix="linux-sandbox-", dir=run_dir))
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="corral-sandbox")
+        try:
+            self._root = self._state / "root"
+            self._root.mkdir(mode=0o700)
+            self._etc = self._state / "etc"
+            build_etc(self._etc, uid, gid, hostname)
+            self._images_dir = self._pick_images_dir()
+            try:
+                driver = cgroup_driver or cgroups.open_driver()
+            except OSError as exc:
+                raise SandboxError(f"no usable cgroup hierarchy: {exc}") from exc
+            if "memory" not in driver.enforced():
+                driver.close()
+                raise SandboxError("the cgroup hierarchy has no memory controller")
+            self._cgroups = cgroups.CgroupPool(driver, prefill=warm_shells + 2)
+            self._images = ephemeral.EphemeralPool(self._images_dir, uid, gid)
+            for _ in range(max(0, warm_images - self._images.idle_count(DEFAULT_TMP_MB))):
+                self._background(self._prefill_image, DEFAULT_TMP_MB)
+            self._seccomp = seccomp.program()
+            self._cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+            self._links, self._binds = self._base_layout()
+            self._refill()  # launchers are children of this thread: construct on the loop's
+        except BaseException:
+            self._close_sync()
+            raise
+
+    # ----------------------------------------------------------------------------- layout
+
+    def _pick_images_dir(self) -> Path:
+        """Images must sit on a disk: on tmpfs, /tmp writes would be charged to memory."""
+        preferred = self._state / "images"
+        if _fs_type(self._state) not in ("tmpfs", "ramfs"):
+            preferred.mkdir(mode=0o700)
+            return preferred
+        fallback = Path(tempfile.mkdtemp(prefix="corral-images-", dir="/var/tmp"))
+        if _fs_type(fallback) in ("tmpfs", "ramfs"):
+            fallback.rmdir()
+            preferred.mkdir(mode=0o700)
+            return preferred
+        return fallback
+
+    def _base_layout(self) -> tuple[list[tuple[str, str]], list[tuple[str, str, bool]]]:
+        links: list[tuple[str, str]] = []
+        binds: list[tuple[str, str, bool]] = [("/usr", "/usr", True),
+                                              (str(self._etc), "/etc", True)]
+        for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
+            path = Path("/") / name
+            if path.is_symlink():
+                links.append((os.readlink(path), f"/{name}"))
+            elif path.is_dir():
+                binds.append((str(path), f"/{name}", True))
+        return links, binds
+
+    def _skeleton(self, image: ephemeral.Image | None) -> dict[str, Any]:
+        """What a warm launcher builds before any spec is known."""
+        return {
+            "op": "join",
+            "root": str(self._root),
+            "links": [list(link) for link in self._links],
+            "binds": [list(b) for b in self._binds],
+            "tmp_device": image.device if image is not None else "",
+            "shm_mb": SHM_MB,
+        }
+
+    def _config(self, spec: SandboxSpec, tmp_device: str, env: dict[str, str],
+                api_port: int, control_index: int) -> dict[str, Any]:
+        binds = [[str(spec.code_dir), TASK_ROOT, True], [str(spec.runtime_dir), RUNTIME_ROOT, True]]
+        overlay: list[str] = []
+        if len(spec.layer_dirs) == 1:
+            binds.append([str(spec.layer_dirs[0]), OPT_ROOT, True])
+        elif spec.layer_dirs:
+            overlay = [str(p) for p in reversed(spec.layer_dirs)]  # later layers win
+        for path in spec.extra_ro_paths:
+            text = os.path.normpath(str(path))
+            if text == "/usr" or text.startswith("/usr/"):
+                continue  # already visible
+            binds.append([text, text, path.is_dir()])
+        return {
+            "op": "spawn",
+            "root": str(self._root),
+            "hostname": self.hostname,
+            "uid": self.uid,
+            "gid": self.gid,
+            "cap_last": self._cap_last,
+            "binds": binds,
+            "overlay": overlay,
+            "tmp_device": tmp_device,
+            "tmp_mb": spec.ephemeral_mb,
+            "proc_masks": list(_PROC_MASKS),
+            "netns": spec.network == "none",
+            "api_port": api_port,
+            "nofile": spec.nofile_max,
+            "log_index": 0,
+            "control_index": control_index,
+            "cwd": TASK_ROOT,
+            "argv": list(spec.argv),
+            "env": env,
+            "seccomp": self._seccomp,
+        }
+
+    # ------------------------------------------------------------------------- resources
+
+    def _start_shell(self) -> _Shell:
+        """Start a launcher: it joins a pooled cgroup and builds the root skeleton, with the
+        default-size /tmp image mounted when one is ready (runs on the loop thread)."""
+        assert self._cgroups is not None
+        cgroup = self._cgroups.acquire()
+        image = self._images.take(DEFAULT_TMP_MB) if self._images is not None else None
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = subprocess.Popen(
+                [self._python, "-S", "-I", str(NSINIT), str(child.fileno()), str(os.getpid())],
+                pass_fds=(child.fileno(),), env={}, cwd="/", stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            parent.close()
+            self._recycle_cgroup(cgroup)
+            if image is not None:
+                self._recycle_image(image)
+            raise SandboxError(f"could not start the sandbox launcher: {exc}") from exc
+        finally:
+            child.close()
+        shell = _Shell(proc, parent, cgroup, image)
+        try:
+            _send(parent, self._skeleton(image) | {"procs": cgroup.procs_files()})
+        except OSError:
+            self._discard_shell(shell)
+            raise
+        parent.setblocking(False)
+        return shell
+
+    def _discard_shell(self, shell: _Shell) -> None:
+        """Kill a launcher that will not be used and recycle what it held."""
+        shell.kill()
+        self._recycle_cgroup(shell.cgroup)
+        if shell.image is not None:
+            self._recycle_image(shell.image, shell.tmp_fd)
+        elif shell.tmp_fd >= 0:
+            os.close(shell.tmp_fd)
+        shell.image, shell.tmp_fd = None, -1
+
+    def _refill(self) -> None:
+        """Keep `warm_shells` launchers joined and waiting (runs on the loop thread)."""
+        while not self._closed and len(self._shells) < self._warm_shells:
+            try:
+                self._shells.append(self._start_shell())
+            except (SandboxError, OSError):
+                return
+
+    async def _acquire_shell(self) -> _Shell:
+        loop = asyncio.get_running_loop()
+        message: dict[str, Any] | None = None
+        try:
+            for _ in range(3):
+                shell = self._shells.pop(0) if self._shells else self._start_shell()
+                try:
+                    message, fds = await _recv(shell.sock,
+                                               time.monotonic() + self.setup_timeout)
+                except (OSError, TimeoutError):
+                    message, fds = None, []
+                if message is not None and message.get("op") == "joined":
+                    if fds:
+                        shell.tmp_fd = fds[0]
+                    shell.timings = {"offpath_cgroup_join": float(message["join_ms"]),
+                                     "offpath_skeleton": float(message["skeleton_ms"])}
+                    return shell
+                for fd in fds:
+                    os.close(fd)
+                self._discard_shell(shell)
+            raise SandboxError("the sandbox launcher failed: "
+                               f"{message.get('msg') if message else 'no answer'}")
+        finally:
+            loop.call_soon(self._refill)
+
+    async def _acquire_image(self, size_mb: int) -> ephemeral.Image | None:
+        images = self._images
+        if images is None or not images.available:
+            return None
+        image = images.take(size_mb)
+        if image is not None:
+            return image
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, images.create, size_mb)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxError(f"could not create the /tmp image: {exc}") from exc
+
+    def _background(self, fn: Any, *args: Any) -> None:
+        future: ThreadFuture[None] = self._executor.submit(fn, *args)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+    def _prefill_image(self, size_mb: int) -> None:
+        assert self._images is not None
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            self._images.put(self._images.create(size_mb))
+
+    def _recycle_cgroup(self, cgroup: cgroups.Cgroup) -> None:
+        if self._cgroups is not None:
+            self._background(self._cgroups.release, cgroup)
+
+    def _recycle_image(self, image: ephemeral.Image, tmp_fd: int = -1) -> None:
+        """Wipe and pool an image in the background. `tmp_fd` is the host's handle on the
+        mounted filesystem: shut it down first so dirty data is dropped, not written."""
+        if tmp_fd >= 0:
+            ephemeral.shutdown_fs(tmp_fd)
+        if self._images is not None:
+            self._background(self._images.recycle, image, tmp_fd)
+        elif tmp_fd >= 0:
+            os.close(tmp_fd)
+
+    # ------------------------------------------------------------------------- contract
+
+    def report(self) -> IsolationReport:
+        driver = self._cgroups.driver if self._cgroups else None
+        controllers = driver.enforced() if driver else frozenset()
+        version = f"cgroup v{driver.version}" if driver else "cgroups"
+        loop_tmp = bool(self._images and self._images.available)
+        enforced = [
+            "namespaces: mount, pid, ipc, uts, cgroup; network (only lo) for network=none",
+            "root: pivot_root into a read-only tmpfs; read-only /usr, generated /etc "
+            "(no shadow), code at /var/task, layers at /opt; host files invisible",
+            f"identity: uid {self.uid}/gid {self.gid}, no groups, no capabilities "
+            "(bounding, ambient, inheritable), securebits locked, no_new_privs",
+            f"seccomp: {len(seccomp.denied_names())} syscalls denied, namespace clone "
+            "flags, raw and packet sockets; foreign arch killed",
+            "environment: only the function's variables",
+        ]
+        if "memory" in controllers:
+            enforced.append(f"{version}: memory limit = MemorySize without swap, "
+                            "OOM detection, peak memory")
+        if "cpu" in controllers:
+            enforced.append(f"{version}: CPU weight by memory; quota MemorySize/1769 "
+                            "of a CPU after init")
+        if "pids" in controllers:
+            enforced.append(f"{version}: pids limit")
+        if loop_tmp:
+            enforced.append("/tmp: private ext4 image capped at EphemeralStorage (ENOSPC)")
+        not_enforced = [
+            "network=host: the function shares the host's network, including services "
+            "listening on its loopback",
+            "disk and network bandwidth (no io controller, no traffic shaping)",
+            "device cgroup (devices are limited by the minimal /dev and nodev mounts)",
+        ]
+        not_enforced += [f"{version}: {c} controller unavailable"
+                         for c in cgroups.CONTROLLERS if c not in controllers]
+        if not loop_tmp:
+            not_enforced.append("/tmp size cap on disk: no loop devices, /tmp is a tmpfs "
+                                "capped at EphemeralStorage but charged to the memory limit")
+        return IsolationReport(implementation="linux", enforced=tuple(enforced),
+                               not_enforced=tuple(not_enforced), secure=True)
+
+    def view(self, spec: SandboxSpec) -> SandboxView:
+        return SandboxView(task_root=TASK_ROOT, runtime_root=RUNTIME_ROOT, opt_root=OPT_ROOT,
+                           tmp_dir=TMP_DIR)
+
+    def _validate(self, spec: SandboxSpec) -> None:
+        if self._closed:
+            raise SandboxError("sandbox factory is closed")
+        if not spec.argv:
+            raise SandboxError("empty argv")
+        if spec.network not in ("host", "none"):
+            raise SandboxError(f"unknown network mode {spec.network!r}")
+        if spec.memory_mb <= 0 or spec.ephemeral_mb <= 0 or spec.pids_max <= 0:
+            raise SandboxError("memory, ephemeral storage and pids limits must be positive")
+        for path in (spec.code_dir, spec.runtime_dir, *spec.layer_dirs):
+            if not path.is_absolute() or not path.is_dir():
+                raise SandboxError(f"{path} is not an existing absolute directory")
+        for path in spec.layer_dirs:
+            if any(c in str(path) for c in ":,\n"):
+                raise SandboxError(f"layer path {path} contains ':' or ','")
+        for path in spec.extra_ro_paths:
+            text = os.path.normpath(str(path))
+            if not path.is_absolute() or not path.exists():
+                raise SandboxError(f"{path} is not an existing absolute path")
+            if text == "/" or any(text == r or text.startswith(r + "/") for r in _RESERVED):
+                raise SandboxError(f"{path} cannot be bound into the sandbox")
+
+    async def spawn(self, spec: SandboxSpec) -> LinuxSandbox:
+        self._validate(spec)
+        sandbox = LinuxSandbox(self, spec, self.view(spec))
+        self._live.add(sandbox)
+        try:
+            await sandbox._start()
+        except BaseException as exc:
+            await sandbox.destroy()
+            if isinstance(exc, SandboxError | asyncio.CancelledError):
+                raise
+            raise SandboxError(f"could not start the sandbox: {exc}") from exc
+        return sandbox
+
+    async def close(self) -> None:
+        """Destroy live sandboxes, stop launchers, remove every cgroup, image and directory."""
+        if self._closed:
+            return
+        self._closed = True
+        for sandbox in list(self._live):
+            await sandbox.destroy()
+        await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        self._closed = True
+        for shell in self._shells:
+            shell.kill()
+        self._shells.clear()
+        self._executor.shutdown(wait=True)
+        if self._cgroups is not None:
+            self._cgroups.close()
+        if self._images is not None:
+            self._images.close()
+        if self._images_dir is not None and not self._images_dir.is_relative_to(self._state):
+            shutil.rmtree(self._images_dir, ignore_errors=True)
+        shutil.rmtree(self._state, ignore_errors=True)
+
