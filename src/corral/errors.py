@@ -48,29 +48,101 @@ class LambdaApiError(CorralError):
         return {}
 
 
-def _error(code: str, status: int, message_key: str = "Message") -> type[LambdaApiError]:
-    return type(code, (LambdaApiError,), {"code": code, "status": status, "message_key": message_key})
+class InvalidParameterValueException(LambdaApiError):
+    code = "InvalidParameterValueException"
+    status = 400
+    message_key = "message"
 
 
-InvalidParameterValueException = _error("InvalidParameterValueException", 400, "message")
-InvalidRequestContentException = _error("InvalidRequestContentException", 400, "message")
-ResourceNotFoundException = _error("ResourceNotFoundException", 404)
-ResourceConflictException = _error("ResourceConflictException", 409, "message")
-PreconditionFailedException = _error("PreconditionFailedException", 412, "message")
-RequestEntityTooLargeException = _error("RequestEntityTooLargeException", 413, "message")
-UnsupportedMediaTypeException = _error("UnsupportedMediaTypeException", 415, "message")
-CodeStorageExceededException = _error("CodeStorageExceededException", 400, "message")
-InvalidZipFileException = _error("InvalidZipFileException", 502)
-InvalidRuntimeException = _error("InvalidRuntimeException", 502)
-ServiceException = _error("ServiceException", 500)
-UnrecognizedClientException = _error("UnrecognizedClientException", 403, "message")
-InvalidSignatureException = _error("InvalidSignatureException", 403, "message")
-IncompleteSignatureException = _error("IncompleteSignatureException", 403, "message")
-AccessDeniedException = _error("AccessDeniedException", 403, "Message")
-UnknownOperationException = _error("UnknownOperationException", 404, "message")
-ProvisionedConcurrencyConfigNotFoundException = _error(
-    "ProvisionedConcurrencyConfigNotFoundException", 404, "message"
-)
+class InvalidRequestContentException(LambdaApiError):
+    code = "InvalidRequestContentException"
+    status = 400
+    message_key = "message"
+
+
+class ResourceNotFoundException(LambdaApiError):
+    code = "ResourceNotFoundException"
+    status = 404
+
+
+class ResourceConflictException(LambdaApiError):
+    code = "ResourceConflictException"
+    status = 409
+    message_key = "message"
+
+
+class PreconditionFailedException(LambdaApiError):
+    code = "PreconditionFailedException"
+    status = 412
+    message_key = "message"
+
+
+class RequestEntityTooLargeException(LambdaApiError):
+    code = "RequestEntityTooLargeException"
+    status = 413
+    message_key = "message"
+
+
+class UnsupportedMediaTypeException(LambdaApiError):
+    code = "UnsupportedMediaTypeException"
+    status = 415
+    message_key = "message"
+
+
+class CodeStorageExceededException(LambdaApiError):
+    code = "CodeStorageExceededException"
+    status = 400
+    message_key = "message"
+
+
+class InvalidZipFileException(LambdaApiError):
+    code = "InvalidZipFileException"
+    status = 502
+
+
+class InvalidRuntimeException(LambdaApiError):
+    code = "InvalidRuntimeException"
+    status = 502
+
+
+class ServiceException(LambdaApiError):
+    code = "ServiceException"
+    status = 500
+
+
+class UnrecognizedClientException(LambdaApiError):
+    code = "UnrecognizedClientException"
+    status = 403
+    message_key = "message"
+
+
+class InvalidSignatureException(LambdaApiError):
+    code = "InvalidSignatureException"
+    status = 403
+    message_key = "message"
+
+
+class IncompleteSignatureException(LambdaApiError):
+    code = "IncompleteSignatureException"
+    status = 403
+    message_key = "message"
+
+
+class AccessDeniedException(LambdaApiError):
+    code = "AccessDeniedException"
+    status = 403
+
+
+class UnknownOperationException(LambdaApiError):
+    code = "UnknownOperationException"
+    status = 404
+    message_key = "message"
+
+
+class ProvisionedConcurrencyConfigNotFoundException(LambdaApiError):
+    code = "ProvisionedConcurrencyConfigNotFoundException"
+    status = 404
+    message_key = "message"
 
 
 class TooManyRequestsException(LambdaApiError):

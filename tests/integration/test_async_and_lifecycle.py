@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from functions import create, unique
 
 CALLBACK_FN = """
@@ -132,7 +133,7 @@ class TestDurability:
         srv = make_server(data_dir=data)
         lam = srv.client()
         name = unique("dur")
-        create(lam, name, {"app.py": CALLBACK_FN})
+        create(lam, name, {"app.py": CALLBACK_FN}, Timeout=20)
         lam.invoke(FunctionName=name, InvocationType="Event",
                    Payload=json.dumps({"url": callbacks.url, "sleep": 3}).encode())
         callbacks.wait_for(lambda r: stages(r, "started"))

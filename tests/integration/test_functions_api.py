@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 from botocore.exceptions import ClientError
+
 from functions import PY_ADD, ROLE, create, make_zip, unique
 
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import ClientError
+
 from functions import NODE_ASYNC, NODE_CALLBACK, PY_ADD, create, unique
 from runtimes_support import awslambdaric_files
 
@@ -60,7 +61,8 @@ class TestAddsNumbers:
         """A `provided` function bootstrapped by the official awslambdaric works unmodified."""
         name = unique("ric")
         files = awslambdaric_files()
-        files["bootstrap"] = "#!/bin/sh\ncd \"$LAMBDA_TASK_ROOT\"\nexec python3 -m awslambdaric app.handler\n"
+        files["bootstrap"] = ('#!/bin/sh\ncd "$LAMBDA_TASK_ROOT"\n'
+                              "exec python3 -m awslambdaric app.handler\n")
         files["app.py"] = PY_ADD
         create(lam, name, files, runtime="provided.al2023", handler="app.handler",
                executable=("bootstrap",))

@@ -195,7 +195,7 @@ class Registry:
         return self._replace(current, current.evolve(**changes))
 
     def delete(self, name: str, qualifier: str | None = None) -> None:
-        current = self.get(name)
+        self.get(name)
         if qualifier not in (None, LATEST):
             raise InvalidParameterValueException(
                 "Deleting a published version is not supported yet.")

@@ -14,7 +14,7 @@ from corral.errors import InvalidParameterValueException
 from corral.runtimes import RuntimeInfo, handler_is_valid
 
 _ROLE = re.compile(r"^arn:(aws[a-zA-Z-]*)?:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
-_ENV_KEY = re.compile(r"^[a-zA-Z]([a-zA-Z0-9_])+$")
+_ENV_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
 RESERVED_ENV = frozenset({
     "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
     "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",

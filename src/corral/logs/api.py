@@ -226,7 +226,12 @@ def _message_bytes(message: str) -> int:
 
 
 class LogsApi:
-    """CloudWatch Logs operations over a `SqliteLogStore`."""
+    """CloudWatch Logs operations over a `SqliteLogStore`.
+
+    `handle` may run on any thread (the store serializes on `db.lock`). A FilterLogEvents call
+    examines at most SCAN_BUDGET rows (roughly 100 ms with a JSON pattern) before it returns a
+    page, possibly empty, with a nextToken; callers that mind may run it in `asyncio.to_thread`.
+    """
 
     def __init__(self, store: SqliteLogStore, region: str, account_id: str,
                  clock: Callable[[], float] = time.time) -> None:
@@ -386,6 +391,11 @@ class LogsApi:
             if not isinstance(decoded, dict) or not isinstance(decoded.get("g"), str):
                 raise InvalidParameterException(BAD_TOKEN)
             after = decoded["g"]
+        identifiers = _str_list(params, "logGroupIdentifiers", max_items=50)
+        if identifiers is not None:
+            names = {self._group_name({"logGroupIdentifier": i}) for i in identifiers}
+            found = [self.store.get_group(name) for name in sorted(names)]
+            return {"logGroups": [self._group_json(g) for g in found if g is not None]}
         groups = self.store.list_groups(prefix=prefix, contains=contains or None, after=after,
                                         limit=limit + 1)
         result: Result = {"logGroups": [self._group_json(g) for g in groups[:limit]]}

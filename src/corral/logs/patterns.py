@@ -38,6 +38,7 @@ __all__ = [
     "FilterPatternError",
     "compile_pattern",
     "metric_value",
+    "validate_metric_value",
 ]
 
 

@@ -347,10 +347,10 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check here.
+        self._transport = cast(asyncio.Transport, transport)
         if self._server._closing:
-            transport.abort()
+            cast(asyncio.Transport, transport).abort()
             return
         self._server._connections.add(self)
         self.task = asyncio.get_running_loop().create_task(self._run())

@@ -46,8 +46,14 @@ _SBIN_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
 
 
 def image_size_bytes(size_mb: int) -> int:
-    """Image size such that at least `size_mb` MiB are available in the filesystem."""
-    return (size_mb + 16 + size_mb // 128) * 1024 * 1024
+    """Image size such that at least `size_mb` MiB are available in the filesystem.
+
+    ext4 keeps min(2 %, 16 MiB) for delayed-allocation metadata, and with one 256-byte inode
+    per 64 KiB the inode tables take 1/256 of the size; bitmaps and descriptors take <2 MiB.
+    """
+    reserve = min(-(-size_mb * 21 // 1000), 16)
+    inodes = -(-size_mb // 256)
+    return (size_mb + reserve + inodes + 4) * 1024 * 1024
 
 
 def mkfs_path() -> str | None:

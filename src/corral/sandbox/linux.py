@@ -325,6 +325,10 @@ class LinuxSandbox:
 
         loop.add_reader(pidfd, reap)
 
+    def _reap_blocking(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
     # ------------------------------------------------------------------------------ contract
 
     async def wait(self) -> ExitStatus:
@@ -364,7 +368,10 @@ class LinuxSandbox:
         self._destroyed = True
         self.kill()
         if self._exit is not None:
-            await asyncio.shield(self._exit)
+            if self._exit.get_loop() is asyncio.get_running_loop():
+                await asyncio.shield(self._exit)
+            elif not self._exit.done():  # spawned on a loop that has ended: reap directly
+                await asyncio.to_thread(self._reap_blocking)
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
@@ -721,9 +728,14 @@ class LinuxSandboxFactory:
         if self._closed:
             return
         self._closed = True
-        for sandbox in list(self._live):
-            await sandbox.destroy()
-        await asyncio.to_thread(self._close_sync)
+        try:
+            for sandbox in list(self._live):
+                try:
+                    await sandbox.destroy()
+                except Exception:  # keep going: everything else must still be released
+                    sandbox.kill()
+        finally:
+            await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
         self._closed = True

@@ -336,10 +336,22 @@ def _high(fd: int) -> int:
 def sandbox_init(sock: _socket.socket, cfg: dict[str, object], fds: list[int],
                  started: float, premounted: bool) -> None:
     """Runs in the cloned child (pid 1 of the new PID namespace); never returns."""
-    prctl(PR_SET_PDEATHSIG, SIGKILL)
     marks = {"clone": time.perf_counter()}
     setup = _socket.socket(fileno=_high(sock.fileno()))
     sock.detach()
+    try:
+        prctl(PR_SET_PDEATHSIG, SIGKILL)
+        _sandbox_init(setup, cfg, fds, started, premounted, marks)
+    except BaseException as exc:  # report anything, then die without cleanup handlers
+        try:
+            send(setup, {"op": "error", "msg": f"{type(exc).__name__}: {exc}"})
+        except BaseException:
+            pass
+    os._exit(127)
+
+
+def _sandbox_init(setup: _socket.socket, cfg: dict[str, object], fds: list[int],
+                  started: float, premounted: bool, marks: dict[str, float]) -> None:
     log_fd = _high(fds[int(cfg["log_index"])])  # type: ignore[call-overload]
     control_index = int(cfg["control_index"])  # type: ignore[call-overload]
     control_fd = _high(fds[control_index]) if control_index >= 0 else -1
@@ -400,7 +412,10 @@ def main(argv: list[str]) -> int:
     if os.getppid() != server_pid:
         return 1  # the server died before we could arm PDEATHSIG
     sock = _socket.socket(fileno=fd)
-    message, _ = recv(sock)
+    try:
+        message, _ = recv(sock)
+    except OSError:
+        return 0  # the server went away
     if message is None or message.get("op") != "join":
         return 0
     begin = time.perf_counter()
@@ -422,7 +437,10 @@ def main(argv: list[str]) -> int:
     if premounted:
         os.close(tmp_fd)
 
-    cfg, fds = recv(sock)
+    try:
+        cfg, fds = recv(sock)
+    except OSError:
+        return 0  # the server went away
     if cfg is None or cfg.get("op") != "spawn":
         return 0  # pool closed
     started = time.perf_counter()
@@ -436,14 +454,7 @@ def main(argv: list[str]) -> int:
         send(sock, {"op": "error", "msg": str(exc)})
         return 1
     if pid == 0:
-        try:
-            sandbox_init(sock, cfg, fds, started, premounted)
-        except BaseException as exc:  # report anything, then die without cleanup handlers
-            try:
-                send(sock, {"op": "error", "msg": f"{type(exc).__name__}: {exc}"})
-            except BaseException:
-                pass
-        os._exit(127)
+        sandbox_init(sock, cfg, fds, started, premounted)  # never returns
     send(sock, {"op": "pid", "pid": pid})
     return 0
 

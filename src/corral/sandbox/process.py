@@ -9,6 +9,7 @@ size, open files, CPU time is not limited. The function sees host paths.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import resource
 import shutil
@@ -19,6 +20,9 @@ from pathlib import Path
 
 from corral.errors import SandboxError
 from corral.sandbox.api import ExitStatus, IsolationReport, SandboxSpec, SandboxView
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
 
 # Interpreters map large virtual regions they never touch; RLIMIT_AS must leave room for that.
 _ADDRESS_SPACE_SLACK = 1024 * 1024 * 1024
@@ -86,6 +90,8 @@ class ProcessSandbox:
         nofile = self.spec.nofile_max
 
         def limit() -> None:
+            # Die with the server even if it is SIGKILLed.
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -388,6 +388,7 @@ class CodeStore:
                     if staged_blob is None:
                         staged_blob = self._stage_blob(zip_bytes)
                     os.replace(staged_blob, blob)
+                    self._inflight.discard(staged_blob.name)
                     staged_blob = None
                 else:
                     os.utime(blob)  # marks the package as recently put (see collect_garbage)

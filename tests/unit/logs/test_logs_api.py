@@ -220,6 +220,9 @@ def test_describe_log_groups_prefix_and_paging(api: LogsApi, clock: Clock) -> No
     assert other["creationTime"] == START_MS
     assert other["arn"] == "arn:aws:logs:us-east-1:123456789012:log-group:/other:*"
     assert other["logGroupArn"] == "arn:aws:logs:us-east-1:123456789012:log-group:/other"
+    chosen = call(api, "DescribeLogGroups",
+                  logGroupIdentifiers=[other["logGroupArn"], names[1], "/missing"])
+    assert [g["logGroupName"] for g in chosen["logGroups"]] == [names[1], "/other"]
 
 
 def test_describe_log_streams_ordering(api: LogsApi) -> None:

@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def symlink(name: str, target: str) -> Member:
     return special_info(name, stat.S_IFLNK), target.encode()
 
 
-def make_zip(members: list[Member]) -> bytes:
+def make_zip(members: Sequence[Member]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for info, data in members:
