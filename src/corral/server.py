@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import importlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from corral.api.app import build_app
 from corral.config import Settings
 from corral.control.registry import Registry
 from corral.errors import ConfigError
+from corral.feature import Feature
 from corral.iam.keys import KeyStore
 from corral.iam.sigv4 import Verifier
 from corral.invoke.async_queue import AsyncInvoker
@@ -42,6 +44,9 @@ from corral.store.codepkg import CodeStore
 from corral.store.sqlite import Database, SqliteEventQueue, SqliteFunctionRepo
 
 log = logging.getLogger("corral")
+
+# Optional subsystems: modules with `install(runtime) -> Feature`, started in this order.
+FEATURES: tuple[str, ...] = ()
 
 
 def keys_path(data_dir: Path) -> Path:
@@ -95,9 +100,13 @@ class Runtime:
             settings=settings, registry=self.registry, scheduler=self.scheduler,
             verifier=Verifier(self.keys.secret_for), async_invoker=self.async_invoker,
             code_token_key=os.urandom(32))
-        self.services.extras["logs_api"] = LogsApi(self.log_store, settings.region,
-                                                   settings.account_id, time.time)
+        self.logs_api = LogsApi(self.log_store, settings.region, settings.account_id, time.time)
+        self.services.json_targets["Logs_20140328"] = self.logs_api
         self._tasks: list[asyncio.Task[Any]] = []
+        self.features: list[Feature] = []
+
+    def add_feature(self, feature: Feature) -> None:
+        self.features.append(feature)
 
     async def _run_event(self, event: AsyncEvent) -> InvocationResult:
         qualifier = None if event.qualifier == "$LATEST" else event.qualifier
@@ -115,8 +124,15 @@ class Runtime:
         await asyncio.get_running_loop().run_in_executor(None, precompile, self.registry.runtimes)
         self._tasks = [asyncio.ensure_future(t) for t in (
             self.scheduler.run_reaper(), self.async_invoker.run(), self.log_writer.run())]
+        for feature in self.features:
+            await feature.start()
 
     async def stop(self) -> None:
+        for feature in reversed(self.features):
+            try:
+                await feature.stop()
+            except Exception:
+                log.exception("stopping %s failed", feature.name)
         await self.async_invoker.close()
         await self.scheduler.close()
         for task in self._tasks:
@@ -130,6 +146,9 @@ class Runtime:
 
 def create_app(settings: Settings, factory: SandboxFactory | None = None) -> Starlette:
     runtime = Runtime(settings, factory)
+    for module_name in FEATURES:
+        install: Callable[[Runtime], Feature] = importlib.import_module(module_name).install
+        runtime.add_feature(install(runtime))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -139,7 +158,7 @@ def create_app(settings: Settings, factory: SandboxFactory | None = None) -> Sta
         finally:
             await runtime.stop()
 
-    app = build_app(runtime.services)
+    app = build_app(runtime.services, [r for f in runtime.features for r in f.routes])
     app.router.lifespan_context = lifespan
     app.state.runtime = runtime
     return app

@@ -22,4 +22,6 @@ class Services:
     verifier: Verifier
     async_invoker: AsyncInvoker
     code_token_key: bytes
+    # AWS JSON 1.1 services by X-Amz-Target prefix (see api/jsonrpc.py).
+    json_targets: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from corral.api import account, functions, invoke, logs, tags
+from corral.api import account, functions, invoke, jsonrpc, tags
 from corral.api.errors import handle_lambda_error, handle_unexpected
 from corral.errors import LambdaApiError
 from corral.services import Services
@@ -20,13 +20,14 @@ async def health(request: Request) -> Response:
                          "instances": {"idle": stats.idle, "busy": stats.busy}})
 
 
-def build_app(services: Services) -> Starlette:
-    routes = [
+def build_app(services: Services, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    routes: list[BaseRoute] = [
+        *(extra_routes or []),
         *invoke.routes,
         *functions.routes,
         *tags.routes,
         *account.routes,
-        *logs.routes,
+        *jsonrpc.routes,
         Route("/_corral/health", health, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={

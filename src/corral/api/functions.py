@@ -30,8 +30,8 @@ from corral.model import LATEST, FunctionConfig
 from corral.services import Services
 
 # Lambda refuses CreateFunction bodies beyond the base64 size of a 50 MB package.
-CREATE_BODY_LIMIT = 69905067
-UPDATE_CODE_BODY_LIMIT = 69905067
+CREATE_BODY_LIMIT = 70167211
+UPDATE_CODE_BODY_LIMIT = 70167211
 _PAGE_MAX = 50
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -13,7 +14,66 @@ DATA_DIR = click.option("--data-dir", envvar="CORRAL_DATA_DIR", default=None,
                         help="Data directory (default: ~/.local/share/corral).")
 
 
-@click.group()
+# Commands that talk to a server are imported on first use, so that `corral server` and
+# `corral env` do not pay for importing boto3.
+LAZY_COMMANDS = {
+    "deploy": "corral.cli.commands.deploy:deploy",
+    "invoke": "corral.cli.commands.invoke:invoke",
+    "ls": "corral.cli.commands.functions:ls",
+    "rm": "corral.cli.commands.functions:rm",
+    "logs": "corral.cli.commands.logs:logs",
+    "doctor": "corral.cli.commands.doctor:doctor",
+}
+
+
+class CorralGroup(click.Group):
+    """The command group: expected failures become one line on stderr and exit status 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            import importlib
+
+            module, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from corral.cli.client import ENDPOINT_META, describe_error
+        from corral.cli.output import error
+
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # `corral ls | head`: the reader went away; nothing more to say.
+            _silence_stdout()
+            ctx.exit(1)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            message = describe_error(exc, ctx.meta.get(ENDPOINT_META))
+            if message is None:
+                raise
+            error(message)
+            ctx.exit(1)
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+@click.group(cls=CorralGroup)
 @click.version_option(package_name="corral")
 def main() -> None:
     """Corral: run AWS Lambda functions on your own machine, isolated."""

@@ -28,6 +28,10 @@ from corral.sandbox.api import SandboxFactory
 log = logging.getLogger(__name__)
 
 PoolKey = tuple[str, str, str]  # function name, version, revision id
+# Called after every invocation that ran (metering, metrics, destinations); must not block.
+InvocationObserver = Callable[[Invocation, InvocationResult], None]
+# Called when an invocation is throttled.
+ThrottleObserver = Callable[[Invocation, TooManyRequestsException], None]
 
 
 @dataclass
@@ -66,6 +70,8 @@ class Scheduler:
         self._cold = self._warm = self._throttles = 0
         self._closing = False
         self._teardown: set[asyncio.Task[None]] = set()
+        self.observers: list[InvocationObserver] = []
+        self.throttle_observers: list[ThrottleObserver] = []
 
     # accounting -------------------------------------------------------------------------------
     @property
@@ -89,9 +95,8 @@ class Scheduler:
         instance = self._take_idle(pool)
         if instance is None:
             if self._active >= self._settings.limits.account_concurrency or self._closing:
-                self._throttles += 1
-                raise TooManyRequestsException(
-                    "Rate Exceeded.", ThrottleReason.CONCURRENT_INVOCATION_LIMIT)
+                self._throttle(invocation, TooManyRequestsException(
+                    "Rate Exceeded.", ThrottleReason.CONCURRENT_INVOCATION_LIMIT))
             instance = Instance(config, self._runtime_for(config.runtime),
                                 self._code_tree(config.code.sha256_hex), self._factory,
                                 self._logs, self._settings, self._clock)
@@ -104,12 +109,27 @@ class Scheduler:
         task = asyncio.ensure_future(self._run(pool, instance, invocation))
         return await asyncio.shield(task)
 
+    def _throttle(self, invocation: Invocation, exc: TooManyRequestsException) -> None:
+        self._throttles += 1
+        for observer in self.throttle_observers:
+            try:
+                observer(invocation, exc)
+            except Exception:
+                log.exception("throttle observer failed")
+        raise exc
+
     async def _run(self, pool: Pool, instance: Instance,
                    invocation: Invocation) -> InvocationResult:
         try:
             if instance.invocations == 0 and instance.state.value == "starting":
                 await instance.start()
-            return await instance.invoke(invocation)
+            result = await instance.invoke(invocation)
+            for observer in self.observers:
+                try:
+                    observer(invocation, result)
+                except Exception:
+                    log.exception("invocation observer failed")
+            return result
         finally:
             self._active -= 1
             pool.busy.discard(instance)

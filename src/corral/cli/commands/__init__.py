@@ -1,0 +1,1 @@
+"""The `corral` subcommands that talk to a running server (and `doctor`)."""
