@@ -25,6 +25,8 @@ from starlette.applications import Starlette
 
 from corral.api.app import build_app
 from corral.config import Settings
+from corral.control.aliases import SqliteAliasRepo
+from corral.control.concurrency import ReservedConcurrency
 from corral.control.registry import Registry
 from corral.errors import ConfigError
 from corral.feature import Feature
@@ -91,15 +93,20 @@ class Runtime:
         self.queue = SqliteEventQueue(self.db)
         self.log_store = SqliteLogStore(self.db)
         self.log_writer = BufferedLogWriter(self.log_store)
-        self.registry = Registry(settings, self.functions, self.code, discover())
+        self.registry = Registry(settings, self.functions, self.code, discover(),
+                                 SqliteAliasRepo(self.db))
         self.scheduler = Scheduler(settings, self.factory, self.code.tree_path,
                                    self.registry.runtimes.__getitem__, self.log_writer)
         self.registry.on_change(self.scheduler.retire_function)
+        self.reserved = ReservedConcurrency(self.db, settings.limits)
+        for name, value in self.reserved.reserved.items():
+            self.scheduler.set_reserved(name, value)
+        self.registry.on_change(self._forget_deleted)
         self.async_invoker = AsyncInvoker(self.queue, settings.async_invoke, self._run_event)
         self.services = Services(
             settings=settings, registry=self.registry, scheduler=self.scheduler,
             verifier=Verifier(self.keys.secret_for), async_invoker=self.async_invoker,
-            code_token_key=os.urandom(32))
+            code_token_key=os.urandom(32), reserved=self.reserved)
         self.logs_api = LogsApi(self.log_store, settings.region, settings.account_id, time.time)
         self.services.json_targets["Logs_20140328"] = self.logs_api
         self._tasks: list[asyncio.Task[Any]] = []
@@ -108,9 +115,14 @@ class Runtime:
     def add_feature(self, feature: Feature) -> None:
         self.features.append(feature)
 
+    def _forget_deleted(self, name: str) -> None:
+        if not self.registry.exists(name):
+            self.reserved.forget(name)
+            self.scheduler.set_reserved(name, None)
+
     async def _run_event(self, event: AsyncEvent) -> InvocationResult:
         qualifier = None if event.qualifier == "$LATEST" else event.qualifier
-        config = self.registry.get(event.function_name, qualifier)
+        config = self.registry.resolve(event.function_name, qualifier)
         invocation = Invocation(request_id=event.event_id, function=config,
                                 payload=event.payload,
                                 invoked_arn=self.registry.arn(event.function_name, qualifier))

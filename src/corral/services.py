@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from corral.config import Settings
+from corral.control.concurrency import ReservedConcurrency
 from corral.control.registry import Registry
 from corral.iam.sigv4 import Verifier
 from corral.invoke.scheduler import Scheduler
@@ -22,6 +23,7 @@ class Services:
     verifier: Verifier
     async_invoker: AsyncInvoker
     code_token_key: bytes
+    reserved: ReservedConcurrency
     # AWS JSON 1.1 services by X-Amz-Target prefix (see api/jsonrpc.py).
     json_targets: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)

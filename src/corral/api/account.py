@@ -13,7 +13,7 @@ async def get_account_settings(request: Request) -> Response:
     svc = services(request)
     await signed_body(request)
     limits = svc.settings.limits
-    reserved = sum(svc.extras.get("reserved_concurrency", {}).values())
+    reserved = sum(svc.reserved.reserved.values())
     return json_response({
         "AccountLimit": {
             "TotalCodeSize": limits.total_code_size_bytes,
@@ -24,7 +24,7 @@ async def get_account_settings(request: Request) -> Response:
         },
         "AccountUsage": {
             "TotalCodeSize": svc.registry.total_code_size(),
-            "FunctionCount": len(svc.registry.list()),
+            "FunctionCount": len(svc.registry.all_functions()),
         },
     })
 

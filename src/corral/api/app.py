@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from corral.api import account, functions, invoke, jsonrpc, tags
+from corral.api import account, concurrency, functions, invoke, jsonrpc, tags, versions
 from corral.api.errors import handle_lambda_error, handle_unexpected
 from corral.errors import LambdaApiError
 from corral.services import Services
@@ -16,7 +16,7 @@ from corral.services import Services
 async def health(request: Request) -> Response:
     svc: Services = request.app.state.services
     stats = svc.scheduler.stats()
-    return JSONResponse({"status": "ok", "functions": len(svc.registry.list()),
+    return JSONResponse({"status": "ok", "functions": len(svc.registry.all_functions()),
                          "instances": {"idle": stats.idle, "busy": stats.busy}})
 
 
@@ -25,6 +25,8 @@ def build_app(services: Services, extra_routes: list[BaseRoute] | None = None) -
         *(extra_routes or []),
         *invoke.routes,
         *functions.routes,
+        *versions.routes,
+        *concurrency.routes,
         *tags.routes,
         *account.routes,
         *jsonrpc.routes,

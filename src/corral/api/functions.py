@@ -36,6 +36,7 @@ _PAGE_MAX = 50
 
 
 def _config_json(svc: Services, config: FunctionConfig) -> dict[str, Any]:
+    """$LATEST is shown with the unqualified ARN, versions with their number."""
     qualifier = None if config.version == LATEST else config.version
     return function_configuration(config, svc.registry.arn(config.name, qualifier))
 
@@ -86,7 +87,7 @@ async def get_function(request: Request) -> Response:
         "Code": {"RepositoryType": "S3", "Location": location},
         "Tags": svc.registry.tags(name),
     }
-    reserved = svc.extras.get("reserved_concurrency", {}).get(name)
+    reserved = svc.reserved.reserved.get(name)
     if reserved is not None:
         body["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
     return json_response(body)
@@ -134,7 +135,7 @@ async def list_functions(request: Request) -> Response:
                 f"1 validation error detected: Value '{max_items}' at 'maxItems' failed to "
                 "satisfy constraint: Member must have value between 1 and 10000")
         limit = min(int(max_items), _PAGE_MAX)
-    functions = svc.registry.list()
+    functions = svc.registry.all_functions()
     if marker:
         functions = [f for f in functions if f.name > marker]
     page = functions[:limit]

@@ -68,7 +68,7 @@ async def invoke(request: Request) -> Response:
     body = await signed_body(request)
     ref = function_ref(request)
     qualifier = resolve_qualifier(ref, request.query_params.get("Qualifier"))
-    config = svc.registry.get(ref.name, qualifier)
+    config = svc.registry.resolve(ref.name, qualifier)
     headers = request.headers
     invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
     if invocation_type not in _INVOCATION_TYPES:

@@ -107,7 +107,8 @@ class Connection:
     def client(self, service: str, *, read_timeout: float = API_READ_TIMEOUT_S) -> Any:
         import boto3
 
-        return boto3.session.Session().client(
+        session: Any = boto3.session.Session()
+        return session.client(
             service, endpoint_url=self.endpoint, region_name=self.region,
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
@@ -151,8 +152,8 @@ def resolve_connection(endpoint_url: str | None = None,
             f"no Corral credentials: {path} has no root key. Start `corral server"
             f"{'' if data_dir is None else ' --data-dir ' + str(directory)}` once, or run "
             '`eval "$(corral env)"` (or pass --data-dir)')
-    key = keys[0]
-    return Connection(endpoint, key.access_key_id, key.secret_access_key, None, region,
+    root = keys[0]
+    return Connection(endpoint, root.access_key_id, root.secret_access_key, None, region,
                       f"root key in {path}")
 
 
@@ -176,7 +177,7 @@ def get_connection(endpoint_url: str | None, data_dir: str | None) -> Connection
 
 def health(endpoint: str, timeout: float = 3.0) -> dict[str, Any]:
     """GET {endpoint}/_corral/health (unsigned); raises OSError if unreachable."""
-    with urllib.request.urlopen(f"{endpoint}/_corral/health", timeout=timeout) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"{endpoint}/_corral/health", timeout=timeout) as resp:
         body = resp.read()
     data = json.loads(body)
     return data if isinstance(data, dict) else {"status": data}
@@ -199,9 +200,9 @@ def describe_error(exc: BaseException, endpoint: str | None = None) -> str | Non
             message = f"HTTP {status}"
         return f"{code}: {message}" if message else code
     if isinstance(exc, WaiterError):
-        reason = exc.last_response.get("Error", {}).get("Message") if isinstance(
-            exc.last_response, dict) else None
-        return f"{exc.name} failed: {reason or exc.kwargs.get('reason', exc)}"
+        last = exc.last_response if isinstance(exc.last_response, dict) else {}
+        reason = last.get("Error", {}).get("Message") or last.get("StateReason")
+        return f"waiting for the function failed: {reason or exc.kwargs.get('reason', exc)}"
     if isinstance(exc, EndpointConnectionError | ConnectionClosedError):
         return unreachable(endpoint or _endpoint_of(exc))
     if isinstance(exc, ReadTimeoutError):

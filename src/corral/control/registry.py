@@ -17,6 +17,7 @@ from typing import Any
 
 from corral.config import Settings
 from corral.control import validation as check
+from corral.control.aliases import Alias, SqliteAliasRepo, check_alias_name, parse_weights
 from corral.control.arns import function_arn
 from corral.errors import (
     InvalidParameterValueException,
@@ -46,13 +47,20 @@ def decode_zip(value: Any) -> bytes:
 
 class Registry:
     def __init__(self, settings: Settings, repo: SqliteFunctionRepo, code: CodeStore,
-                 runtimes: dict[str, RuntimeInfo]) -> None:
+                 runtimes: dict[str, RuntimeInfo], aliases: SqliteAliasRepo) -> None:
         self._settings = settings
         self._repo = repo
+        self._alias_repo = aliases
         self.code = code
         self.runtimes = runtimes
         self._latest: dict[str, FunctionConfig] = {c.name: c for c in repo.list_latest()}
         self._tags: dict[str, dict[str, str]] = {n: repo.get_tags(n) for n in self._latest}
+        self._versions: dict[str, dict[str, FunctionConfig]] = {
+            n: {c.version: c for c in repo.list_versions(n) if c.version != LATEST}
+            for n in self._latest}
+        self._aliases: dict[str, dict[str, Alias]] = {n: {} for n in self._latest}
+        for alias in aliases.all():
+            self._aliases.setdefault(alias.function_name, {})[alias.name] = alias
         self._listeners: list[ChangeListener] = []
 
     def on_change(self, listener: ChangeListener) -> None:
@@ -68,19 +76,31 @@ class Registry:
 
     # reads -------------------------------------------------------------------------------------
     def get(self, name: str, qualifier: str | None = None) -> FunctionConfig:
+        """The configuration a qualifier names: $LATEST, a version, or an alias's version."""
         config = self._latest.get(name)
-        if config is None or qualifier not in (None, LATEST):
-            if config is not None and qualifier is not None:
-                stored = self._repo.get(name, qualifier)
-                if stored is not None:
-                    return stored
-            raise ResourceNotFoundException(f"Function not found: {self.arn(name, qualifier)}")
-        return config
+        if config is not None:
+            if qualifier in (None, LATEST):
+                return config
+            assert qualifier is not None
+            alias = self._aliases[name].get(qualifier)
+            version = alias.version if alias else qualifier
+            found = config if version == LATEST else self._versions[name].get(version)
+            if found is not None:
+                return found
+        raise ResourceNotFoundException(f"Function not found: {self.arn(name, qualifier)}")
+
+    def resolve(self, name: str, qualifier: str | None) -> FunctionConfig:
+        """The configuration to run for an invoke: aliases route by their weights."""
+        if qualifier not in (None, LATEST) and name in self._aliases:
+            alias = self._aliases[name].get(qualifier or "")
+            if alias is not None and alias.weights:
+                return self.get(name, alias.pick_version())
+        return self.get(name, qualifier)
 
     def exists(self, name: str) -> bool:
         return name in self._latest
 
-    def list(self) -> list[FunctionConfig]:
+    def all_functions(self) -> list[FunctionConfig]:
         return sorted(self._latest.values(), key=lambda c: c.name)
 
     def tags(self, name: str) -> dict[str, str]:
@@ -144,6 +164,8 @@ class Registry:
             raise
         self._latest[name] = config
         self._tags[name] = tags
+        self._versions[name] = {}
+        self._aliases[name] = {}
         return config
 
     def _check_revision(self, current: FunctionConfig, params: dict[str, Any]) -> None:
@@ -196,16 +218,119 @@ class Registry:
 
     def delete(self, name: str, qualifier: str | None = None) -> None:
         self.get(name)
-        if qualifier not in (None, LATEST):
-            raise InvalidParameterValueException(
-                "Deleting a published version is not supported yet.")
         if qualifier == LATEST:
             raise InvalidParameterValueException("$LATEST version cannot be deleted without "
                                                  "deleting the function.")
+        if qualifier is not None:
+            self._delete_version(name, qualifier)
+            return
         self._repo.delete(name)
-        self._latest.pop(name, None)
-        self._tags.pop(name, None)
+        for table in (self._latest, self._tags, self._versions, self._aliases):
+            table.pop(name, None)
         self._changed(name)
+
+    # versions ----------------------------------------------------------------------------------
+    def publish_version(self, name: str, params: dict[str, Any]) -> FunctionConfig:
+        current = self.get(name)
+        self._check_revision(current, params)
+        wanted_sha = params.get("CodeSha256")
+        if wanted_sha is not None and wanted_sha != current.code.sha256_b64:
+            raise InvalidParameterValueException(
+                f"CodeSha256 ({wanted_sha}) is different from current CodeSha256 in $LATEST "
+                f"({current.code.sha256_b64}). Please try again with the CodeSha256 in $LATEST.")
+        versions = self._versions.setdefault(name, {})
+        if versions:
+            newest = versions[max(versions, key=int)]
+            if _same_definition(newest, current):
+                return newest
+        number = str(max((int(v) for v in versions), default=0) + 1)
+        description = params.get("Description")
+        published = current.evolve(
+            version=number, revision_id=str(uuid.uuid4()), last_modified=lambda_timestamp(),
+            description=description if isinstance(description, str) else current.description)
+        self._repo.put(published, None, create=False)
+        versions[number] = published
+        return published
+
+    def list_versions(self, name: str) -> list[FunctionConfig]:
+        latest = self.get(name)
+        versions = self._versions.get(name, {})
+        return [latest, *(versions[v] for v in sorted(versions, key=int))]
+
+    def _delete_version(self, name: str, version: str) -> None:
+        if version not in self._versions.get(name, {}):
+            raise ResourceNotFoundException(f"Function not found: {self.arn(name, version)}")
+        users = [a.name for a in self._aliases.get(name, {}).values()
+                 if a.version == version or version in a.weights]
+        if users:
+            raise ResourceConflictException(
+                f"Unable to delete version because the following aliases reference it: "
+                f"{users}")
+        self._repo.delete_version(name, version)
+        del self._versions[name][version]
+        self._changed(name)
+
+    # aliases -----------------------------------------------------------------------------------
+    def _check_version(self, name: str, version: Any) -> str:
+        if not isinstance(version, str) or (
+                version != LATEST and version not in self._versions.get(name, {})):
+            raise ResourceNotFoundException(f"Function not found: {self.arn(name, str(version))}")
+        return version
+
+    def get_alias(self, name: str, alias: str) -> Alias:
+        self.get(name)
+        found = self._aliases.get(name, {}).get(alias)
+        if found is None:
+            raise ResourceNotFoundException(f"Cannot find alias arn: {self.arn(name, alias)}")
+        return found
+
+    def list_aliases(self, name: str, version: str | None = None) -> list[Alias]:
+        self.get(name)
+        return sorted((a for a in self._aliases.get(name, {}).values()
+                       if version is None or a.version == version), key=lambda a: a.name)
+
+    def create_alias(self, name: str, params: dict[str, Any]) -> Alias:
+        self.get(name)
+        alias_name = check_alias_name(params.get("Name"))
+        if alias_name in self._aliases.get(name, {}):
+            raise ResourceConflictException(f"Alias already exists: {self.arn(name, alias_name)}")
+        version = self._check_version(name, params.get("FunctionVersion"))
+        weights = parse_weights(params) or {}
+        for extra in weights:
+            self._check_version(name, extra)
+        description = params.get("Description")
+        alias = Alias(name, alias_name, version,
+                      description if isinstance(description, str) else "", weights)
+        self._alias_repo.put(alias)
+        self._aliases.setdefault(name, {})[alias_name] = alias
+        return alias
+
+    def update_alias(self, name: str, alias_name: str, params: dict[str, Any]) -> Alias:
+        current = self.get_alias(name, alias_name)
+        wanted = params.get("RevisionId")
+        if wanted is not None and wanted != current.revision_id:
+            raise PreconditionFailedException(
+                "The Revision Id provided does not match the latest Revision Id. Call the "
+                "GetFunction/GetAlias API to retrieve the latest Revision Id")
+        version = current.version
+        if params.get("FunctionVersion") is not None:
+            version = self._check_version(name, params["FunctionVersion"])
+        weights = parse_weights(params)
+        for extra in weights or {}:
+            self._check_version(name, extra)
+        description = params.get("Description")
+        alias = Alias(name, alias_name, version,
+                      description if isinstance(description, str) else current.description,
+                      current.weights if weights is None else weights)
+        self._alias_repo.put(alias)
+        self._aliases[name][alias_name] = alias
+        self._changed(name)
+        return alias
+
+    def delete_alias(self, name: str, alias_name: str) -> None:
+        self.get(name)
+        self._alias_repo.delete(name, alias_name)
+        self._aliases.get(name, {}).pop(alias_name, None)
 
     def set_tags(self, name: str, tags: dict[str, str]) -> None:
         self.get(name)
@@ -219,4 +344,15 @@ class Registry:
             self.code.remove(sha256_hex)
 
     def collect_garbage(self) -> int:
+        """Remove packages no version refers to (run at start, when nothing runs them)."""
         return self.code.collect_garbage(self._repo.referenced_code())
+
+
+_VOLATILE = ("version", "revision_id", "last_modified", "description", "state",
+             "last_update_status")
+
+
+def _same_definition(a: FunctionConfig, b: FunctionConfig) -> bool:
+    """Whether publishing `b` would repeat version `a` (Lambda then returns `a`)."""
+    left, right = a.to_json(), b.to_json()
+    return all(left[k] == right[k] for k in left if k not in _VOLATILE)

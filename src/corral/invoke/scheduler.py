@@ -67,6 +67,8 @@ class Scheduler:
         self._clock = clock
         self._pools: dict[PoolKey, Pool] = {}
         self._active = 0  # instances busy or starting, across all functions
+        self._active_by_function: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}  # function -> reserved concurrency
         self._cold = self._warm = self._throttles = 0
         self._closing = False
         self._teardown: set[asyncio.Task[None]] = set()
@@ -78,6 +80,9 @@ class Scheduler:
     def concurrent_executions(self) -> int:
         return self._active
 
+    def function_concurrency(self, name: str) -> int:
+        return self._active_by_function.get(name, 0)
+
     def stats(self) -> SchedulerStats:
         return SchedulerStats(
             pools=len(self._pools), idle=sum(len(p.idle) for p in self._pools.values()),
@@ -88,15 +93,40 @@ class Scheduler:
         return [inst for (fn, _, _), pool in self._pools.items() if fn == name
                 for inst in (*pool.idle, *pool.busy)]
 
+    def set_reserved(self, name: str, reserved: int | None) -> None:
+        """Reserve concurrency for a function (None removes the reservation)."""
+        if reserved is None:
+            self._reserved.pop(name, None)
+        else:
+            self._reserved[name] = reserved
+
+    def _admit(self, invocation: Invocation) -> None:
+        """Throttle unless the function's reservation or the unreserved pool has room."""
+        name = invocation.function.name
+        if self._closing:
+            self._throttle(invocation, TooManyRequestsException(
+                "Rate Exceeded.", ThrottleReason.CONCURRENT_INVOCATION_LIMIT))
+        reserved = self._reserved.get(name)
+        if reserved is not None:
+            if self._active_by_function.get(name, 0) >= reserved:
+                self._throttle(invocation, TooManyRequestsException(
+                    "Rate Exceeded.", ThrottleReason.RESERVED_FUNCTION_CONCURRENCY))
+            return
+        unreserved_limit = self._settings.limits.account_concurrency - sum(
+            self._reserved.values())
+        unreserved_active = self._active - sum(
+            self._active_by_function.get(fn, 0) for fn in self._reserved)
+        if unreserved_active >= unreserved_limit:
+            self._throttle(invocation, TooManyRequestsException(
+                "Rate Exceeded.", ThrottleReason.CONCURRENT_INVOCATION_LIMIT))
+
     # invoke -------------------------------------------------------------------------------------
     async def invoke(self, invocation: Invocation) -> InvocationResult:
         config = invocation.function
+        self._admit(invocation)
         pool = self._pool_for(config)
         instance = self._take_idle(pool)
         if instance is None:
-            if self._active >= self._settings.limits.account_concurrency or self._closing:
-                self._throttle(invocation, TooManyRequestsException(
-                    "Rate Exceeded.", ThrottleReason.CONCURRENT_INVOCATION_LIMIT))
             instance = Instance(config, self._runtime_for(config.runtime),
                                 self._code_tree(config.code.sha256_hex), self._factory,
                                 self._logs, self._settings, self._clock)
@@ -104,6 +134,7 @@ class Scheduler:
         else:
             self._warm += 1
         self._active += 1
+        self._active_by_function[config.name] = self._active_by_function.get(config.name, 0) + 1
         pool.busy.add(instance)
         # Shielded: a caller that goes away must not leave the instance half-used.
         task = asyncio.ensure_future(self._run(pool, instance, invocation))
@@ -132,6 +163,10 @@ class Scheduler:
             return result
         finally:
             self._active -= 1
+            name = invocation.function.name
+            self._active_by_function[name] -= 1
+            if not self._active_by_function[name]:
+                del self._active_by_function[name]
             pool.busy.discard(instance)
             if instance.alive and not pool.retired and not self._closing:
                 pool.idle.append(instance)

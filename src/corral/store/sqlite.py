@@ -114,6 +114,11 @@ class SqliteFunctionRepo:
             cur = self._db.conn.execute("DELETE FROM functions WHERE name = ?", (name,))
         return cur.rowcount > 0
 
+    def delete_version(self, name: str, version: str) -> None:
+        with self._db.lock:
+            self._db.conn.execute("DELETE FROM versions WHERE name = ? AND version = ?",
+                                  (name, version))
+
     def get_tags(self, name: str) -> dict[str, str]:
         with self._db.lock:
             row = self._db.conn.execute(

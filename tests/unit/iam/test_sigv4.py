@@ -19,6 +19,7 @@ import boto3
 import pytest
 from botocore.auth import S3SigV4QueryAuth, SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSPreparedRequest, AWSRequest, AWSResponse
+from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 
 from corral.errors import (
@@ -87,11 +88,11 @@ def received(
     **overrides: Any,
 ) -> SignedRequest:
     """What the server sees for a botocore request: wire path/query, Host added by the client."""
-    parts = urlsplit(request.url)
+    parts = urlsplit(_url(request))
     headers = {
         k: v.decode("latin-1") if isinstance(v, bytes) else v for k, v in request.headers.items()
     }
-    headers.setdefault("Host", parts.netloc)
+    headers.setdefault("Host", str(parts.netloc))
     body = request.body or b""
     if isinstance(body, str):
         body = body.encode()
@@ -104,6 +105,13 @@ def received(
     }
     fields.update(overrides)
     return SignedRequest(**fields)
+
+
+def _url(request: AWSRequest | AWSPreparedRequest) -> str:
+    """The request URL (botocore's stubs allow bytes; it is always text here)."""
+    url = request.url
+    assert isinstance(url, str)
+    return url
 
 
 def signed_at(request: AWSRequest | SignedRequest) -> int:
@@ -252,7 +260,7 @@ def presign(url: str, expires: int = 60, signer: type[SigV4QueryAuth] = SigV4Que
 
 def presign_time(request: AWSRequest) -> int:
     """The X-Amz-Date of a presigned URL as epoch seconds."""
-    query = dict(p.split("=", 1) for p in urlsplit(request.url).query.split("&"))
+    query = dict(p.split("=", 1) for p in urlsplit(_url(request)).query.split("&"))
     return calendar.timegm(time.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
 
 
@@ -339,7 +347,7 @@ def test_tampered_host_path_query_or_method_is_refused() -> None:
     """Host, path, query and method are all covered by the signature."""
     request = sign("GET", INVOKE_URL + "?Qualifier=v1")
     seen = received(request)
-    variants = [
+    variants: list[dict[str, Any]] = [
         {"headers": {**seen.headers, "host": "evil.example:9000"}},
         {"raw_path": seen.raw_path.replace("function%3Af", "function%3Ag")},
         {"raw_query": "Qualifier=v2"},
@@ -525,7 +533,7 @@ def test_requests_from_a_real_boto3_lambda_client() -> None:
 
     def capture(request: AWSPreparedRequest, **_: Any) -> AWSResponse:
         captured.append(request)
-        return AWSResponse(request.url, 200, {}, _EmptyRaw())
+        return AWSResponse(request.url, 200, HTTPHeaders(), _EmptyRaw())
 
     client = boto3.client(
         "lambda",
@@ -534,7 +542,9 @@ def test_requests_from_a_real_boto3_lambda_client() -> None:
         aws_access_key_id=AKID,
         aws_secret_access_key=SECRET,
     )
-    client.meta.events.register("before-send", capture)
+    # Returning a response from before-send short-circuits the HTTP call (botocore's stubs
+    # type handlers as returning None).
+    client.meta.events.register("before-send", capture)  # type: ignore[arg-type]
     client.invoke(FunctionName=ARN, Payload=BINARY_BODY, Qualifier="live")
     client.untag_resource(Resource=ARN, TagKeys=["b", "a", "a b", "\u00fc/=&"])
     client.list_functions(MaxItems=5, Marker="m/+=")
