@@ -27,8 +27,9 @@ from corral.api.app import build_app
 from corral.config import Settings
 from corral.control.aliases import SqliteAliasRepo
 from corral.control.concurrency import ReservedConcurrency
+from corral.control.provisioned import ProvisionedRepo
 from corral.control.registry import Registry
-from corral.errors import ConfigError
+from corral.errors import ConfigError, LambdaApiError
 from corral.feature import Feature
 from corral.iam.keys import KeyStore
 from corral.iam.sigv4 import Verifier
@@ -99,6 +100,7 @@ class Runtime:
                                    self.registry.runtimes.__getitem__, self.log_writer)
         self.registry.on_change(self.scheduler.retire_function)
         self.reserved = ReservedConcurrency(self.db, settings.limits)
+        self.provisioned = ProvisionedRepo(self.db)
         for name, value in self.reserved.reserved.items():
             self.scheduler.set_reserved(name, value)
         self.registry.on_change(self._forget_deleted)
@@ -106,7 +108,8 @@ class Runtime:
         self.services = Services(
             settings=settings, registry=self.registry, scheduler=self.scheduler,
             verifier=Verifier(self.keys.secret_for), async_invoker=self.async_invoker,
-            code_token_key=os.urandom(32), reserved=self.reserved)
+            code_token_key=os.urandom(32), reserved=self.reserved,
+            provisioned=self.provisioned)
         self.logs_api = LogsApi(self.log_store, settings.region, settings.account_id, time.time)
         self.services.json_targets["Logs_20140328"] = self.logs_api
         self._tasks: list[asyncio.Task[Any]] = []
@@ -119,6 +122,18 @@ class Runtime:
         if not self.registry.exists(name):
             self.reserved.forget(name)
             self.scheduler.set_reserved(name, None)
+        else:
+            self._apply_provisioned(name)
+
+    def _apply_provisioned(self, name: str | None = None) -> None:
+        """(Re)start the instances provisioned concurrency asks for (at start, after aliases
+        move)."""
+        for config in self.provisioned.list(name):
+            try:
+                version = self.registry.get(config.function_name, config.qualifier)
+            except LambdaApiError:
+                continue
+            self.scheduler.provision(version, config.requested)
 
     async def _run_event(self, event: AsyncEvent) -> InvocationResult:
         qualifier = None if event.qualifier == "$LATEST" else event.qualifier
@@ -134,6 +149,7 @@ class Runtime:
             log.info("redelivering %d asynchronous events accepted before a crash", recovered)
         self.registry.collect_garbage()
         await asyncio.get_running_loop().run_in_executor(None, precompile, self.registry.runtimes)
+        self._apply_provisioned()
         self._tasks = [asyncio.ensure_future(t) for t in (
             self.scheduler.run_reaper(), self.async_invoker.run(), self.log_writer.run())]
         for feature in self.features:

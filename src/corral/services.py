@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.config import Settings
 from corral.control.concurrency import ReservedConcurrency
+from corral.control.provisioned import ProvisionedRepo
 from corral.control.registry import Registry
 from corral.iam.sigv4 import Verifier
 from corral.invoke.scheduler import Scheduler
@@ -24,6 +25,7 @@ class Services:
     async_invoker: AsyncInvoker
     code_token_key: bytes
     reserved: ReservedConcurrency
+    provisioned: ProvisionedRepo
     # AWS JSON 1.1 services by X-Amz-Target prefix (see api/jsonrpc.py).
     json_targets: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import ClientError
+
 from functions import create, make_zip, unique
 
 V1 = "def handler(e, c):\n    return {'v': 1, 'version': c.function_version}\n"
@@ -148,4 +151,46 @@ class TestReservedConcurrency:
         create(lam, name, {"app.py": V1})
         with pytest.raises(ClientError) as exc:
             lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=950)
+        assert exc.value.response["Error"]["Code"] == "InvalidParameterValueException"
+
+
+class TestProvisionedConcurrency:
+    def test_provisioned_instances_are_ready_before_invokes(self, lam):
+        """Provisioned concurrency starts initialized instances; invokes use them warm."""
+        name = unique("prov")
+        code = ("import os\nINIT = os.environ['AWS_LAMBDA_INITIALIZATION_TYPE']\n"
+                "def handler(e, c):\n    return INIT\n")
+        create(lam, name, {"app.py": code})
+        lam.publish_version(FunctionName=name)
+        put = lam.put_provisioned_concurrency_config(
+            FunctionName=name, Qualifier="1", ProvisionedConcurrentExecutions=2)
+        assert put["RequestedProvisionedConcurrentExecutions"] == 2
+        deadline = time.monotonic() + 20
+        status = {}
+        while time.monotonic() < deadline:
+            status = lam.get_provisioned_concurrency_config(FunctionName=name, Qualifier="1")
+            if status["Status"] == "READY":
+                break
+            time.sleep(0.2)
+        assert status["Status"] == "READY"
+        assert status["AllocatedProvisionedConcurrentExecutions"] == 2
+        resp = lam.invoke(FunctionName=name, Qualifier="1", Payload=b"{}", LogType="Tail")
+        assert json.loads(resp["Payload"].read()) == "provisioned-concurrency"
+        assert "Init Duration" not in base64.b64decode(resp["LogResult"]).decode()
+        listed = lam.list_provisioned_concurrency_configs(FunctionName=name)
+        assert [c["FunctionArn"].rsplit(":", 1)[1] for c in
+                listed["ProvisionedConcurrencyConfigs"]] == ["1"]
+        lam.delete_provisioned_concurrency_config(FunctionName=name, Qualifier="1")
+        with pytest.raises(ClientError) as exc:
+            lam.get_provisioned_concurrency_config(FunctionName=name, Qualifier="1")
+        assert exc.value.response["Error"]["Code"] == \
+            "ProvisionedConcurrencyConfigNotFoundException"
+
+    def test_latest_cannot_be_provisioned(self, lam):
+        """$LATEST cannot carry provisioned concurrency."""
+        name = unique("provlatest")
+        create(lam, name, {"app.py": V1})
+        with pytest.raises(ClientError) as exc:
+            lam.put_provisioned_concurrency_config(
+                FunctionName=name, Qualifier="$LATEST", ProvisionedConcurrentExecutions=1)
         assert exc.value.response["Error"]["Code"] == "InvalidParameterValueException"

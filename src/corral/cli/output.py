@@ -81,7 +81,7 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
                        overflow="fold")
     for row in rows:
         tbl.add_row(*(Text(str(cell)) for cell in row))
-    console().print(tbl)
+    _print_renderable(tbl)
 
 
 def key_values(pairs: Iterable[tuple[str, Any]]) -> None:
@@ -91,7 +91,19 @@ def key_values(pairs: Iterable[tuple[str, Any]]) -> None:
     tbl.add_column(overflow="fold")
     for key, value in pairs:
         tbl.add_row(key, Text(str(value)))
-    console().print(tbl)
+    _print_renderable(tbl)
+
+
+def _print_renderable(renderable: Any) -> None:
+    """Print on stdout; when piped, without the padding rich leaves at the end of lines."""
+    out = console()
+    if stdout_is_tty():
+        out.print(renderable)
+        return
+    with out.capture() as captured:
+        out.print(renderable)
+    for line in captured.get().splitlines():
+        click.echo(line.rstrip())
 
 
 def note(message: str) -> None:

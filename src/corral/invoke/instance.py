@@ -108,8 +108,10 @@ class Instance:
 
     def __init__(self, config: FunctionConfig, runtime: RuntimeInfo, code_dir: Path,
                  factory: SandboxFactory, logs: LogSink, settings: Settings,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, pinned: bool = False) -> None:
         self.config = config
+        # Provisioned concurrency: kept initialized, never reaped, reports no Init Duration.
+        self.pinned = pinned
         self.runtime = runtime
         self.instance_id = uuid.uuid4().hex
         self.state = State.STARTING
@@ -231,6 +233,8 @@ class Instance:
         view = self._factory.view(spec)
         env = runtime_environment(self.config, self.runtime, view, self.stream,
                                   self._settings.region)
+        if self.pinned:
+            env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "provisioned-concurrency"
         return SandboxSpec(**{**spec.__dict__, "argv": self.runtime.argv(
             view.runtime_root, view.task_root), "env": env})
 
@@ -289,7 +293,7 @@ class Instance:
         self._tail = bytearray() if invocation.tail_log else None
         cold = self.invocations == 0
         self.invocations += 1
-        init_ms = self.init_duration_ms if cold else None
+        init_ms = self.init_duration_ms if cold and not self.pinned else None
         self._log(report.start_line(request_id, self.config.version))
         if self._init_failure is not None:
             return self._finish(invocation, self._init_error_result(invocation), 0.0, init_ms,

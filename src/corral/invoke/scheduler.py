@@ -20,6 +20,7 @@ from pathlib import Path
 
 from corral.config import Settings
 from corral.errors import ThrottleReason, TooManyRequestsException
+from corral.invoke.capacity import Capacity, host_capacity_mb
 from corral.invoke.instance import Instance, LogSink
 from corral.model import FunctionConfig, Invocation, InvocationResult
 from corral.runtimes import RuntimeInfo
@@ -42,6 +43,11 @@ class Pool:
     idle: list[Instance] = field(default_factory=list)  # most recently used last
     busy: set[Instance] = field(default_factory=set)
     retired: bool = False
+    provisioned_target: int = 0  # instances kept initialized (provisioned concurrency)
+    provisioning: int = 0  # provisioned instances being started
+
+    def provisioned(self) -> int:
+        return sum(1 for inst in (*self.idle, *self.busy) if inst.pinned and inst.alive)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class Scheduler:
         self._cold = self._warm = self._throttles = 0
         self._closing = False
         self._teardown: set[asyncio.Task[None]] = set()
+        self.capacity = Capacity(host_capacity_mb(settings))
+        self._live: set[Instance] = set()
         self.observers: list[InvocationObserver] = []
         self.throttle_observers: list[ThrottleObserver] = []
 
@@ -127,9 +135,12 @@ class Scheduler:
         pool = self._pool_for(config)
         instance = self._take_idle(pool)
         if instance is None:
-            instance = Instance(config, self._runtime_for(config.runtime),
-                                self._code_tree(config.code.sha256_hex), self._factory,
-                                self._logs, self._settings, self._clock)
+            if not self._make_room(config.memory_mb):
+                self._throttle(invocation, TooManyRequestsException(
+                    f"Host capacity exhausted: {self.capacity.used_mb} of "
+                    f"{self.capacity.limit_mb} MB are held by busy instances.",
+                    ThrottleReason.CONCURRENT_INVOCATION_LIMIT))
+            instance = self._new_instance(config)
             self._cold += 1
         else:
             self._warm += 1
@@ -172,6 +183,67 @@ class Scheduler:
                 pool.idle.append(instance)
             else:
                 self._destroy_later(instance)
+                self._replenish(pool)
+
+    # provisioned concurrency ----------------------------------------------------------------
+    def provision(self, config: FunctionConfig, count: int) -> None:
+        """Keep `count` initialized instances of this version (0 releases them)."""
+        pool = self._pool_for(config)
+        pool.provisioned_target = count
+        pinned = [inst for inst in pool.idle if inst.pinned]
+        for instance in pinned[count:]:
+            instance.pinned = False  # surplus: back to keep-alive rules
+        self._replenish(pool)
+
+    def provisioned_status(self, config: FunctionConfig) -> tuple[int, int]:
+        """(requested, allocated) for a version."""
+        pool = self._pools.get((config.name, config.version, config.revision_id))
+        return (pool.provisioned_target, pool.provisioned()) if pool else (0, 0)
+
+    def _replenish(self, pool: Pool) -> None:
+        if pool.retired or self._closing:
+            return
+        missing = pool.provisioned_target - pool.provisioned() - pool.provisioning
+        for _ in range(max(0, missing)):
+            if not self._make_room(pool.config.memory_mb):
+                log.warning("no capacity for provisioned instances of %s", pool.config.name)
+                return
+            pool.provisioning += 1
+            task = asyncio.ensure_future(self._start_provisioned(pool))
+            self._teardown.add(task)
+            task.add_done_callback(self._teardown.discard)
+
+    async def _start_provisioned(self, pool: Pool) -> None:
+        instance = self._new_instance(pool.config, pinned=True)
+        try:
+            await instance.start()
+        finally:
+            pool.provisioning -= 1
+        if instance.alive and not pool.retired and not self._closing:
+            pool.idle.insert(0, instance)
+        else:
+            self._destroy_later(instance)
+
+    def _new_instance(self, config: FunctionConfig, pinned: bool = False) -> Instance:
+        instance = Instance(config, self._runtime_for(config.runtime),
+                            self._code_tree(config.code.sha256_hex), self._factory,
+                            self._logs, self._settings, self._clock, pinned=pinned)
+        self.capacity.take(config.memory_mb)
+        self._live.add(instance)
+        return instance
+
+    def _make_room(self, memory_mb: int) -> bool:
+        """Evict idle instances, least recently used first, until `memory_mb` fits."""
+        if self.capacity.fits(memory_mb):
+            return True
+        idle = sorted(((inst, pool) for pool in self._pools.values() for inst in pool.idle
+                       if not inst.pinned), key=lambda pair: pair[0].last_used)
+        for instance, pool in idle:
+            pool.idle.remove(instance)
+            self._destroy_later(instance)  # releases its memory at once
+            if self.capacity.fits(memory_mb):
+                return True
+        return False
 
     def _take_idle(self, pool: Pool) -> Instance | None:
         while pool.idle:
@@ -204,6 +276,9 @@ class Scheduler:
         pool.idle.clear()
 
     def _destroy_later(self, instance: Instance) -> None:
+        if instance in self._live:
+            self._live.discard(instance)
+            self.capacity.release(instance.config.memory_mb)
         task = asyncio.ensure_future(instance.destroy())
         self._teardown.add(task)
         task.add_done_callback(self._teardown.discard)
@@ -213,13 +288,14 @@ class Scheduler:
         deadline = self._clock() - self._settings.keep_alive_s
         reaped = 0
         for pool in self._pools.values():
-            keep = [inst for inst in pool.idle if inst.last_used > deadline]
+            keep = [inst for inst in pool.idle if inst.pinned or inst.last_used > deadline]
             for instance in pool.idle:
-                if instance.last_used <= deadline:
+                if not instance.pinned and instance.last_used <= deadline:
                     self._destroy_later(instance)
                     reaped += 1
             pool.idle[:] = keep
-        for key in [k for k, p in self._pools.items() if not p.idle and not p.busy]:
+        for key in [k for k, p in self._pools.items()
+                    if not p.idle and not p.busy and not p.provisioned_target]:
             del self._pools[key]
         return reaped
 

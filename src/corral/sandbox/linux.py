@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
@@ -209,6 +210,7 @@ class LinuxSandbox:
         self._pidfd = -1
         self._exit: asyncio.Future[ExitStatus] | None = None
         self._oom_base = 0
+        self._config_sent = False
         self._destroyed = False
 
     # ----------------------------------------------------------------------------- startup
@@ -256,6 +258,7 @@ class LinuxSandbox:
         self.setup_timings["host_before_send"] = round((time.perf_counter() - begin) * 1000, 3)
         try:
             _send(shell.sock, config, fds)
+            self._config_sent = True
         finally:
             os.close(write_fd)
             self._child_control.close()
@@ -325,6 +328,26 @@ class LinuxSandbox:
 
         loop.add_reader(pidfd, reap)
 
+    async def _abort_setup(self, shell: _Shell) -> None:
+        """Setup did not finish. If the launcher got the config it may have cloned the init
+        already: read its pid (sent right after clone) before killing the launcher, so the
+        init is killed and reaped too, never left as an unreaped child of the server."""
+        if self._config_sent and self._exit is None:
+            deadline = time.monotonic() + 2.0
+            with contextlib.suppress(OSError, TimeoutError, EOFError):
+                while self._exit is None:
+                    message, received = await _recv(shell.sock, deadline)
+                    for fd in received:
+                        os.close(fd)
+                    if message is None:
+                        break
+                    if message.get("op") == "pid":
+                        self._watch(int(message["pid"]))
+            if self._exit is not None:
+                self.kill()
+                await asyncio.shield(self._exit)
+        self._factory._discard_shell(shell)
+
     def _reap_blocking(self) -> None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
@@ -375,8 +398,8 @@ class LinuxSandbox:
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
-        if self._shell is not None:  # failed during setup
-            self._factory._discard_shell(self._shell)
+        if self._shell is not None:  # failed or cancelled during setup
+            await self._abort_setup(self._shell)
             self._shell = None
         if self._spare is not None:
             self._factory._recycle_image(*self._spare)
@@ -406,8 +429,10 @@ class LinuxSandboxFactory:
     """Spawns `LinuxSandbox`es. Needs root, namespaces and a cgroup hierarchy with memory.
 
     `run_dir` receives a private state directory (root mount point, generated /etc, /tmp
-    images) that `close()` removes. `warm_shells` launchers are kept joined to their cgroups;
-    `warm_images` 512 MB /tmp images are kept formatted.
+    images) that `close()` removes. `warm_shells` launchers are kept joined to their cgroups
+    with the root skeleton built and a 512 MB /tmp mounted; `warm_images` more 512 MB images
+    are kept formatted for the launchers that replace them. Construct the factory on the
+    thread that will run the event loop (see the module docstring).
     """
 
     def __init__(self, run_dir: Path, *, uid: int = DEFAULT_UID, gid: int = DEFAULT_GID,
@@ -426,6 +451,8 @@ class LinuxSandboxFactory:
         self._shells: list[_Shell] = []
         self._live: set[LinuxSandbox] = set()
         self._pending: set[ThreadFuture[None]] = set()
+        self._prefilling = 0
+        self._prefill_lock = threading.Lock()
         self._closed = False
         self._cgroups: cgroups.CgroupPool | None = None
         self._images: ephemeral.EphemeralPool | None = None
@@ -448,11 +475,12 @@ class LinuxSandboxFactory:
                 raise SandboxError("the cgroup hierarchy has no memory controller")
             self._cgroups = cgroups.CgroupPool(driver, prefill=warm_shells + 2)
             self._images = ephemeral.EphemeralPool(self._images_dir, uid, gid)
-            for _ in range(max(0, warm_images - self._images.idle_count(DEFAULT_TMP_MB))):
-                self._background(self._prefill_image, DEFAULT_TMP_MB)
             self._seccomp = seccomp.program()
             self._cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
             self._links, self._binds = self._base_layout()
+            if self._images.available:  # the first launchers get their /tmp mounted
+                for _ in range(warm_shells - self._images.idle_count(DEFAULT_TMP_MB)):
+                    self._images.put(self._images.create(DEFAULT_TMP_MB))
             self._refill()  # launchers are children of this thread: construct on the loop's
         except BaseException:
             self._close_sync()
@@ -574,12 +602,20 @@ class LinuxSandboxFactory:
         shell.image, shell.tmp_fd = None, -1
 
     def _refill(self) -> None:
-        """Keep `warm_shells` launchers joined and waiting (runs on the loop thread)."""
+        """Keep `warm_shells` launchers joined and waiting (runs on the loop thread), and
+        `warm_images` default-size images formatted for the next ones."""
         while not self._closed and len(self._shells) < self._warm_shells:
             try:
                 self._shells.append(self._start_shell())
             except (SandboxError, OSError):
-                return
+                break
+        images = self._images
+        if images is not None and images.available and not self._closed:
+            missing = self._warm_images - images.idle_count(DEFAULT_TMP_MB) - self._prefilling
+            for _ in range(max(0, missing)):
+                with self._prefill_lock:
+                    self._prefilling += 1
+                self._background(self._prefill_image, DEFAULT_TMP_MB)
 
     async def _acquire_shell(self) -> _Shell:
         loop = asyncio.get_running_loop()
@@ -626,8 +662,12 @@ class LinuxSandboxFactory:
 
     def _prefill_image(self, size_mb: int) -> None:
         assert self._images is not None
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            self._images.put(self._images.create(size_mb))
+        try:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self._images.put(self._images.create(size_mb))
+        finally:
+            with self._prefill_lock:
+                self._prefilling -= 1
 
     def _recycle_cgroup(self, cgroup: cgroups.Cgroup) -> None:
         if self._cgroups is not None:

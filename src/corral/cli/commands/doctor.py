@@ -125,7 +125,8 @@ def _print(report: dict[str, Any]) -> None:
         instances = data.get("instances") or {}
         details = [f"status {data.get('status', '?')}"]
         if "functions" in data:
-            details.append(f"{data['functions']} functions")
+            count = data["functions"]
+            details.append(f"{count} function{'' if count == 1 else 's'}")
         if instances:
             details.append(f"instances: {instances.get('idle', 0)} idle, "
                            f"{instances.get('busy', 0)} busy")

@@ -98,7 +98,7 @@ class Report:
     """The figures of a REPORT line."""
 
     duration_ms: float | None = None
-    billed_ms: float | None = None
+    billed_ms: int | None = None
     memory_size_mb: int | None = None
     max_memory_used_mb: int | None = None
     init_ms: float | None = None
@@ -133,7 +133,7 @@ def parse_report(message: str) -> Report | None:
         value = number(key)
         return int(value) if value is not None else None
 
-    return Report(duration_ms=number("Duration"), billed_ms=number("Billed Duration"),
+    return Report(duration_ms=number("Duration"), billed_ms=integer("Billed Duration"),
                   memory_size_mb=integer("Memory Size"),
                   max_memory_used_mb=integer("Max Memory Used"),
                   init_ms=number("Init Duration"), status=fields.get("Status"),
@@ -390,7 +390,7 @@ def header_text(block: Block, *, running: bool = False, continued: bool = False)
 def report_summary(report: Report) -> str:
     parts = [f"Duration: {format_millis(report.duration_ms)}"]
     if report.billed_ms is not None:
-        parts.append(f"Billed: {report.billed_ms:.0f} ms")
+        parts.append(f"Billed: {report.billed_ms} ms")
     if report.max_memory_used_mb is not None:
         size = f"/{report.memory_size_mb}" if report.memory_size_mb is not None else ""
         parts.append(f"Memory: {report.max_memory_used_mb}{size} MB")
