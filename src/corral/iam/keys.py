@@ -104,12 +104,15 @@ class KeyStore:
 
     def load_or_create_root(self) -> AccessKey:
         """The root user's oldest key, creating the first one (and the file) if there is none."""
+        existing = self.list_keys(ROOT_USER)  # no lock or write needed when it exists
+        if existing:
+            return existing[0]
         with self._writing() as keys:
             roots = sorted(
                 (k for k in keys.values() if k.user == ROOT_USER),
                 key=lambda k: (k.created, k.access_key_id),
             )
-            if roots:
+            if roots:  # another process created it meanwhile
                 return roots[0]
             key = self._new_key(keys, ROOT_USER, None, None)
             keys[key.access_key_id] = key

@@ -51,7 +51,6 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 from corral.errors import (
     IncompleteSignatureException,
     InvalidSignatureException,
-    LambdaApiError,
     UnrecognizedClientException,
 )
 
@@ -217,13 +216,7 @@ class Verifier:
         ):
             # Corral issues long-term keys only, so any session token is one it never issued.
             raise UnrecognizedClientException(INVALID_TOKEN_MESSAGE)
-        # Inline for the hot path; _time_error builds AWS's messages.
-        signed_at = _epoch(timestamp)
-        assert signed_at is not None  # validated while parsing
-        now = self._clock()
-        skew = self._max_skew_s
-        if not (now - (expires if presigned else skew) <= signed_at <= now + skew):
-            raise _time_error(timestamp, signed_at, now, skew, expires if presigned else None)
+        self._check_time(timestamp, expires if presigned else None)
 
         identity = scope.identity
         secret = self._secret_for(identity.access_key)
@@ -279,6 +272,23 @@ class Verifier:
             raise InvalidSignatureException(CONTENT_SHA256_MISMATCH_MESSAGE)
         return identity
 
+    def _check_time(self, timestamp: str, expires: int | None) -> None:
+        signed_at = _epoch(timestamp)
+        assert signed_at is not None  # validated while parsing
+        now = self._clock()
+        skew = self._max_skew_s
+        if signed_at > now + skew:
+            raise InvalidSignatureException(
+                f"Signature not yet current: {timestamp} is still later than "
+                f"{_fmt(now + skew)} ({_fmt(now)} + {_span(skew)})"
+            )
+        window = skew if expires is None else expires
+        if signed_at < now - window:
+            raise InvalidSignatureException(
+                f"Signature expired: {timestamp} is now earlier than "
+                f"{_fmt(now - window)} ({_fmt(now)} - {_span(window)})"
+            )
+
     def _derive_pads(self, secret: str, scope: _Scope) -> tuple[_HashState, _HashState]:
         key = ("AWS4" + secret).encode()
         for part in scope.credential_scope.split("/"):
@@ -292,22 +302,6 @@ class Verifier:
             self._pads.clear()
         self._pads[(secret, scope.credential_scope)] = pads
         return pads
-
-
-def _time_error(
-    timestamp: str, signed_at: int, now: float, skew: int, expires: int | None
-) -> LambdaApiError:
-    """AWS's error for a request dated outside the accepted window."""
-    if signed_at > now + skew:
-        return InvalidSignatureException(
-            f"Signature not yet current: {timestamp} is still later than "
-            f"{_fmt(now + skew)} ({_fmt(now)} + {_span(skew)})"
-        )
-    window = skew if expires is None else expires
-    return InvalidSignatureException(
-        f"Signature expired: {timestamp} is now earlier than "
-        f"{_fmt(now - window)} ({_fmt(now)} - {_span(window)})"
-    )
 
 
 def _mac(pads: tuple[_HashState, _HashState], sts_prefix: str, canonical: str) -> str:

@@ -11,6 +11,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from corral.model import LATEST, FunctionConfig
@@ -37,7 +39,10 @@ CREATE TABLE IF NOT EXISTS async_events (
     attempts INTEGER NOT NULL DEFAULT 0,
     enqueued_at REAL NOT NULL,
     next_attempt_at REAL NOT NULL,
-    leased INTEGER NOT NULL DEFAULT 0
+    leased INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL DEFAULT 'invoke',
+    throttles INTEGER NOT NULL DEFAULT 0,
+    last_result TEXT
 );
 CREATE INDEX IF NOT EXISTS async_events_due ON async_events (leased, next_attempt_at);
 """
@@ -139,29 +144,59 @@ class SqliteFunctionRepo:
 
 
 class SqliteEventQueue:
-    """The durable asynchronous-invocation queue."""
+    """The durable asynchronous-invocation queue.
+
+    A row is an invocation to make (`kind` "invoke": `function_name` and `qualifier`) or a
+    message to hand to another service (`kind` "sqs": `function_name` holds the target ARN).
+    `attempts` counts function runs that ended in an error, `throttles` the tries that were
+    refused or failed in the platform (backed off without using an attempt); `last_result`
+    keeps the latest function error (JSON) for the invocation record. `complete` removes a row
+    and inserts the rows that follow from it (destinations, dead-letter deliveries) in one
+    transaction, so a crash never loses or duplicates them.
+    """
+
+    @dataclass(frozen=True)
+    class Queued(AsyncEvent):
+        """A claimed row: the event plus the dispatcher's bookkeeping."""
+
+        kind: str = "invoke"
+        throttles: int = 0
+        last_result: str | None = None
+
+    _COLUMNS = ("event_id, function_name, qualifier, payload, attempts, enqueued_at,"
+                " next_attempt_at, kind, throttles, last_result")
+    _ADDED = (("kind", "TEXT NOT NULL DEFAULT 'invoke'"),
+              ("throttles", "INTEGER NOT NULL DEFAULT 0"),
+              ("last_result", "TEXT"))
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        with db.lock:
+            present = {row[1] for row in db.conn.execute("PRAGMA table_info(async_events)")}
+            for column, ddl in self._ADDED:  # data dirs created before these columns
+                if column not in present:
+                    db.conn.execute(f"ALTER TABLE async_events ADD COLUMN {column} {ddl}")
 
-    def enqueue(self, event: AsyncEvent) -> None:
+    def _insert(self, event: AsyncEvent, kind: str) -> None:
+        self._db.conn.execute(
+            "INSERT INTO async_events (event_id, function_name, qualifier, payload, attempts,"
+            " enqueued_at, next_attempt_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.event_id, event.function_name, event.qualifier, event.payload,
+             event.attempts, event.enqueued_at, event.next_attempt_at, kind),
+        )
+
+    def enqueue(self, event: AsyncEvent, kind: str = "invoke") -> None:
         with self._db.lock:
-            self._db.conn.execute(
-                "INSERT INTO async_events (event_id, function_name, qualifier, payload, attempts,"
-                " enqueued_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event.event_id, event.function_name, event.qualifier, event.payload,
-                 event.attempts, event.enqueued_at, event.next_attempt_at),
-            )
+            self._insert(event, kind)
 
-    def claim(self, now: float, limit: int) -> list[AsyncEvent]:
+    def claim(self, now: float, limit: int) -> list[SqliteEventQueue.Queued]:
         conn = self._db.conn
         with self._db.lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = conn.execute(
-                    "SELECT event_id, function_name, qualifier, payload, attempts, enqueued_at,"
-                    " next_attempt_at FROM async_events WHERE leased = 0 AND next_attempt_at <= ?"
-                    " ORDER BY next_attempt_at LIMIT ?", (now, limit),
+                    f"SELECT {self._COLUMNS} FROM async_events WHERE leased = 0"
+                    " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?", (now, limit),
                 ).fetchall()
                 conn.executemany("UPDATE async_events SET leased = 1 WHERE event_id = ?",
                                  [(row[0],) for row in rows])
@@ -169,7 +204,7 @@ class SqliteEventQueue:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return [AsyncEvent(*row) for row in rows]
+        return [self.Queued(*row) for row in rows]
 
     def next_due(self) -> float | None:
         with self._db.lock:
@@ -178,15 +213,33 @@ class SqliteEventQueue:
             ).fetchone()
         return row[0] if row else None
 
-    def complete(self, event_id: str) -> None:
+    def complete(self, event_id: str,
+                 follow_ups: Sequence[tuple[AsyncEvent, str]] = ()) -> None:
+        """Remove the event and enqueue `(event, kind)` follow-ups, atomically."""
+        conn = self._db.conn
         with self._db.lock:
-            self._db.conn.execute("DELETE FROM async_events WHERE event_id = ?", (event_id,))
+            if not follow_ups:
+                conn.execute("DELETE FROM async_events WHERE event_id = ?", (event_id,))
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM async_events WHERE event_id = ?", (event_id,))
+                for event, kind in follow_ups:
+                    self._insert(event, kind)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
-    def retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
+    def retry(self, event_id: str, attempts: int, next_attempt_at: float,
+              throttles: int | None = None, last_result: str | None = None) -> None:
+        """Release the event for another try at `next_attempt_at`."""
         with self._db.lock:
             self._db.conn.execute(
-                "UPDATE async_events SET attempts = ?, next_attempt_at = ?, leased = 0"
-                " WHERE event_id = ?", (attempts, next_attempt_at, event_id),
+                "UPDATE async_events SET attempts = ?, next_attempt_at = ?, leased = 0,"
+                " throttles = COALESCE(?, throttles), last_result = COALESCE(?, last_result)"
+                " WHERE event_id = ?",
+                (attempts, next_attempt_at, throttles, last_result, event_id),
             )
 
     def release_all_leases(self) -> int:

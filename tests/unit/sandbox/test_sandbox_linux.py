@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,25 @@ def test_socket_family_of_runtime_api(factory: Any, dirs: Dirs) -> None:
     assert (family, kind, address, listening) == (
         socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 9001), 1)
 
+
+
+def test_cancelled_spawns_leave_no_zombie(factory: Any, dirs: Dirs) -> None:
+    """Cancelling spawn() at any point of the setup kills and reaps whatever was started."""
+
+    async def scenario() -> None:
+        for delay in (0, 0.001, 0.002, 0.004, 0.008, 0.015, 0.03):
+            spec = spec_for(dirs, "import time; time.sleep(60)")
+            task = asyncio.ensure_future(factory.spawn(spec))
+            await asyncio.sleep(delay)
+            task.cancel()
+            try:
+                sandbox = await task
+            except asyncio.CancelledError:
+                continue
+            await sandbox.destroy()
+
+    asyncio.run(scenario())
+    assert not factory._live
+    states = subprocess.run(["ps", "--ppid", str(os.getpid()), "-o", "stat=,pid=,comm="],
+                            capture_output=True, text=True, check=False).stdout.splitlines()
+    assert not [line for line in states if line.strip().startswith("Z")], states
