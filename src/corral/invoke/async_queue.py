@@ -2,52 +2,165 @@
 
 `submit` writes the event to the store before the caller gets its 202, so an accepted event
 survives a crash: leases held by a dead server are released at the next start and the event is
-delivered again (at-least-once). A function error is retried `max_retry_attempts` times with
-the configured delays (AWS: 1 and 2 minutes); a throttle is retried without counting an attempt;
-events older than the maximum age, or whose function is gone, are dropped.
+delivered again (at-least-once).
+
+Per event, the dispatcher asks `policy_for(event)` (the function's event invoke configuration,
+installed by `corral.events.async_feature`; the operator's settings otherwise) for the
+maximum retry attempts and event age and the destinations, then:
+
+* a function error is retried `max_retry_attempts` times after the configured delays (AWS: 1
+  and 2 minutes; `CORRAL_ASYNC_RETRY_DELAYS` scales them down); each run counts as an attempt;
+* a throttle (TooManyRequestsException), a function busy being updated (409), a platform
+  error (5xx) or a crash inside Corral is retried with exponential backoff (1 s ... 5 min)
+  without using an attempt;
+* an event older than its maximum age is not run again: it ends as `EventAgeExceeded`, as soon
+  as the next try would be past the age (Corral does not wait for that moment to give up);
+* an event whose function (or version/alias) is gone is dropped;
+* the final outcome (`Success`, `RetriesExhausted`, `EventAgeExceeded`) goes to the `router`,
+  which returns follow-up rows (an asynchronous invoke of a destination function, a message
+  for a queue); the event's removal and its follow-ups are written in one transaction, so a
+  destination is delivered at least once and never lost to a crash.
+
+Follow-up rows of a kind other than "invoke" are handed to `senders[kind]` (blocking, run in
+a thread); a sender that raises is retried with the same backoff until the default maximum age.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from corral.config import AsyncSettings
-from corral.errors import LambdaApiError, ResourceNotFoundException, TooManyRequestsException
-from corral.model import InvocationResult
+from corral.errors import (
+    LambdaApiError,
+    ResourceConflictException,
+    ResourceNotFoundException,
+    TooManyRequestsException,
+)
+from corral.model import LATEST, InvocationResult
 from corral.store.api import AsyncEvent
 from corral.store.sqlite import SqliteEventQueue
 
 log = logging.getLogger(__name__)
 
+Queued = SqliteEventQueue.Queued
 # Runs one queued event through the scheduler (the same path as a synchronous invoke).
 Runner = Callable[[AsyncEvent], Awaitable[InvocationResult]]
-_THROTTLE_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Delivers a follow-up row to another service: (target ARN, payload); raise to retry.
+Sender = Callable[[str, bytes], None]
+THROTTLE_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Condition(StrEnum):
+    """Why an event's processing ended, as AWS's invocation record names it."""
+
+    SUCCESS = "Success"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    EVENT_AGE_EXCEEDED = "EventAgeExceeded"
+
+
+@dataclass(frozen=True)
+class EventPolicy:
+    """How to treat one function's asynchronous events."""
+
+    max_retry_attempts: int
+    max_event_age_s: float
+    on_success: str | None = None  # destination ARNs
+    on_failure: str | None = None
+    dead_letter: str | None = None
+
+
+@dataclass(frozen=True)
+class AttemptResponse:
+    """What the function answered on its latest run."""
+
+    payload: bytes
+    function_error: str | None
+    executed_version: str = LATEST
+
+    def to_json(self) -> str:
+        return json.dumps({"payload": self.payload.decode("utf-8", "replace"),
+                           "functionError": self.function_error,
+                           "executedVersion": self.executed_version})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> AttemptResponse | None:
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            return cls(str(data["payload"]).encode(), data.get("functionError"),
+                       data.get("executedVersion") or LATEST)
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    @classmethod
+    def of(cls, result: InvocationResult) -> AttemptResponse:
+        return cls(result.payload, result.function_error, result.executed_version)
+
+
+@dataclass(frozen=True)
+class FinalOutcome:
+    """The end of one event's processing, handed to the router."""
+
+    event: AsyncEvent
+    condition: Condition
+    response: AttemptResponse | None  # the latest run's answer; None if it never ran
+    attempts: int  # function runs made (approximateInvokeCount)
+    policy: EventPolicy
+    at: float
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A row the final outcome adds to the queue."""
+
+    kind: str  # "invoke" (target = function name) or a sender's kind (target = its ARN)
+    target: str
+    payload: bytes
+    qualifier: str = LATEST
+
+
+Router = Callable[[FinalOutcome], Sequence[FollowUp]]
+PolicyLookup = Callable[[AsyncEvent], EventPolicy]
 
 
 @dataclass(frozen=True)
 class AsyncOutcome:
+    """One run's result, reported to listeners (final: no more attempts will be made)."""
+
     event: AsyncEvent
     result: InvocationResult | None
-    final: bool  # no more attempts will be made
+    final: bool
 
 
 class AsyncInvoker:
     def __init__(self, queue: SqliteEventQueue, settings: AsyncSettings, runner: Runner,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 throttle_backoff_s: Sequence[float] = THROTTLE_BACKOFF_S) -> None:
         self._queue = queue
         self._settings = settings
         self._runner = runner
         self._clock = clock
+        self._backoff = tuple(throttle_backoff_s)
         self._wakeup = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._throttles: dict[str, int] = {}
+        self.policy_for: PolicyLookup = self.default_policy
+        self.router: Router | None = None
+        self.senders: dict[str, Sender] = {}
         self.listeners: list[Callable[[AsyncOutcome], None]] = []
+
+    def default_policy(self, event: AsyncEvent) -> EventPolicy:
+        """The operator's settings, for functions without an event invoke configuration."""
+        return EventPolicy(self._settings.max_retry_attempts, self._settings.max_event_age_s)
 
     def submit(self, event_id: str, function_name: str, qualifier: str, payload: bytes) -> None:
         now = self._clock()
@@ -83,47 +196,119 @@ class AsyncInvoker:
         self._running.discard(task)
         self._wakeup.set()
 
-    async def _deliver(self, event: AsyncEvent) -> None:
-        now = self._clock()
-        if now - event.enqueued_at > self._settings.max_event_age_s:
-            log.warning("dropping event %s: older than the maximum event age", event.event_id)
-            self._finish(event, None)
+    # delivery ---------------------------------------------------------------------------------
+    def _policy(self, event: AsyncEvent) -> EventPolicy:
+        try:
+            return self.policy_for(event)
+        except Exception:
+            log.exception("looking up the invoke configuration of %s failed", event.event_id)
+            return self.default_policy(event)
+
+    async def _deliver(self, event: Queued) -> None:
+        if event.kind != "invoke":
+            await self._send(event)
+            return
+        policy = self._policy(event)
+        deadline = event.enqueued_at + policy.max_event_age_s
+        if self._clock() > deadline:
+            self._final(event, Condition.EVENT_AGE_EXCEEDED, None, event.attempts, policy)
             return
         try:
             result = await self._runner(event)
         except TooManyRequestsException:
-            count = self._throttles.get(event.event_id, 0)
-            self._throttles[event.event_id] = count + 1
-            delay = _THROTTLE_BACKOFF_S[min(count, len(_THROTTLE_BACKOFF_S) - 1)]
-            self._queue.retry(event.event_id, event.attempts, now + delay)
+            self._back_off(event, policy, deadline)
             return
-        except ResourceNotFoundException:
-            self._finish(event, None)
+        except ResourceNotFoundException as exc:
+            log.warning("dropping event %s: %s", event.event_id, exc.message)
+            self._final(event, None, None, event.attempts, policy)
             return
         except LambdaApiError as exc:
-            log.warning("dropping event %s: %s", event.event_id, exc.message)
-            self._finish(event, None)
+            if isinstance(exc, ResourceConflictException) or exc.status >= 500:
+                log.warning("event %s not run (%s); retrying", event.event_id, exc.message)
+                self._back_off(event, policy, deadline)
+            else:
+                log.warning("event %s cannot run: %s", event.event_id, exc.message)
+                self._final(event, Condition.RETRIES_EXHAUSTED, None, event.attempts, policy)
             return
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("event %s failed in the platform; retrying", event.event_id)
-            self._queue.retry(event.event_id, event.attempts, now + 1.0)
+            self._back_off(event, policy, deadline)
             return
-        self._throttles.pop(event.event_id, None)
         attempts = event.attempts + 1
-        if result.function_error and attempts <= self._settings.max_retry_attempts:
-            delays = self._settings.retry_delays_s
-            delay = delays[min(attempts - 1, len(delays) - 1)]
-            self._queue.retry(event.event_id, attempts, self._clock() + delay)
-            self._notify(AsyncOutcome(event, result, final=False))
+        response = AttemptResponse.of(result)
+        if not result.function_error:
+            self._final(event, Condition.SUCCESS, response, attempts, policy, result)
             return
-        self._finish(event, result)
+        if attempts > policy.max_retry_attempts:
+            self._final(event, Condition.RETRIES_EXHAUSTED, response, attempts, policy, result)
+            return
+        delays = self._settings.retry_delays_s
+        next_at = self._clock() + delays[min(attempts - 1, len(delays) - 1)]
+        if next_at > deadline:
+            self._final(event, Condition.EVENT_AGE_EXCEEDED, response, attempts, policy, result)
+            return
+        self._queue.retry(event.event_id, attempts, next_at, last_result=response.to_json())
+        self._notify(AsyncOutcome(event, result, final=False))
 
-    def _finish(self, event: AsyncEvent, result: InvocationResult | None) -> None:
-        self._queue.complete(event.event_id)
-        self._throttles.pop(event.event_id, None)
+    def _back_off(self, event: Queued, policy: EventPolicy, deadline: float) -> None:
+        """Try again later without using an attempt, unless that is past the maximum age."""
+        next_at = self._clock() + self._backoff[min(event.throttles, len(self._backoff) - 1)]
+        if next_at > deadline:
+            self._final(event, Condition.EVENT_AGE_EXCEEDED,
+                        AttemptResponse.from_json(event.last_result), event.attempts, policy)
+            return
+        self._queue.retry(event.event_id, event.attempts, next_at, throttles=event.throttles + 1)
+
+    def _final(self, event: AsyncEvent, condition: Condition | None,
+               response: AttemptResponse | None, attempts: int, policy: EventPolicy,
+               result: InvocationResult | None = None) -> None:
+        """Remove the event, enqueueing what its outcome calls for (nothing when dropped)."""
+        rows: list[tuple[AsyncEvent, str]] = []
+        if condition is not None and self.router is not None:
+            now = self._clock()
+            outcome = FinalOutcome(event, condition, response, attempts, policy, now)
+            try:
+                follow_ups = self.router(outcome)
+            except Exception:
+                log.exception("routing the outcome of event %s failed", event.event_id)
+                follow_ups = ()
+            rows = [(AsyncEvent(str(uuid.uuid4()), f.target, f.qualifier, f.payload, 0, now,
+                                now), f.kind) for f in follow_ups]
+        if condition is not None and condition != Condition.SUCCESS:
+            log.warning("event %s for %s ended: %s after %d attempt(s)", event.event_id,
+                        event.function_name, condition.value, attempts)
+        self._queue.complete(event.event_id, rows)
+        if rows:
+            self._wakeup.set()
         self._notify(AsyncOutcome(event, result, final=True))
+
+    async def _send(self, event: Queued) -> None:
+        sender = self.senders.get(event.kind)
+        if sender is None:
+            log.error("dropping %s delivery %s to %s: no sender for it", event.kind,
+                      event.event_id, event.function_name)
+            self._queue.complete(event.event_id)
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, sender, event.function_name, event.payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            next_at = self._clock() + self._backoff[min(event.throttles, len(self._backoff) - 1)]
+            if next_at > event.enqueued_at + self._settings.max_event_age_s:
+                log.error("dropping %s delivery %s to %s after %d tries: %s", event.kind,
+                          event.event_id, event.function_name, event.throttles + 1, exc)
+                self._queue.complete(event.event_id)
+            else:
+                log.warning("%s delivery %s to %s failed (%s); retrying", event.kind,
+                            event.event_id, event.function_name, exc)
+                self._queue.retry(event.event_id, event.attempts, next_at,
+                                  throttles=event.throttles + 1)
+            return
+        self._queue.complete(event.event_id)
 
     def _notify(self, outcome: AsyncOutcome) -> None:
         for listener in self.listeners:

@@ -618,6 +618,7 @@ class LinuxSandboxFactory:
                 self._background(self._prefill_image, DEFAULT_TMP_MB)
 
     async def _acquire_shell(self) -> _Shell:
+        """A launcher that has joined its cgroup and built the skeleton (waits if needed)."""
         loop = asyncio.get_running_loop()
         message: dict[str, Any] | None = None
         try:
@@ -628,6 +629,9 @@ class LinuxSandboxFactory:
                                                time.monotonic() + self.setup_timeout)
                 except (OSError, TimeoutError):
                     message, fds = None, []
+                except asyncio.CancelledError:
+                    self._shells.insert(0, shell)  # still good for the next spawn
+                    raise
                 if message is not None and message.get("op") == "joined":
                     if fds:
                         shell.tmp_fd = fds[0]

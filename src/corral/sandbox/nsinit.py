@@ -428,11 +428,17 @@ def main(argv: list[str]) -> int:
         mount(None, "/", None, MS_REC | MS_SLAVE)  # host changes reach us, ours stay here
         tmp_fd = build_skeleton(message)
     except OSError as exc:
-        send(sock, {"op": "error", "msg": f"preparing the sandbox: {exc}"})
+        try:
+            send(sock, {"op": "error", "msg": f"preparing the sandbox: {exc}"})
+        except OSError:
+            pass
         return 1
-    send(sock, {"op": "joined", "join_ms": round((joined - begin) * 1000, 3),
-                "skeleton_ms": round((time.perf_counter() - joined) * 1000, 3)},
-         (tmp_fd,) if tmp_fd >= 0 else ())
+    try:
+        send(sock, {"op": "joined", "join_ms": round((joined - begin) * 1000, 3),
+                    "skeleton_ms": round((time.perf_counter() - joined) * 1000, 3)},
+             (tmp_fd,) if tmp_fd >= 0 else ())
+    except OSError:
+        return 0  # the server went away
     premounted = tmp_fd >= 0
     if premounted:
         os.close(tmp_fd)

@@ -302,9 +302,9 @@ class FollowCursor:
         fresh = []
         for event in events:
             event_id = str(event.get("eventId", ""))
-            if event_id in self._seen:
-                continue
             timestamp = int(event.get("timestamp", 0))
+            if event_id in self._seen or timestamp < self.start_ms:
+                continue  # taken before (ids older than start_ms were pruned)
             self._seen[event_id] = timestamp
             self._newest = max(self._newest, timestamp)
             fresh.append(event)
