@@ -128,6 +128,12 @@ class IncompleteSignatureException(LambdaApiError):
     message_key = "message"
 
 
+class MissingAuthenticationTokenException(LambdaApiError):
+    code = "MissingAuthenticationTokenException"
+    status = 403
+    message_key = "message"
+
+
 class AccessDeniedException(LambdaApiError):
     code = "AccessDeniedException"
     status = 403

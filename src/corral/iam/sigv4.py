@@ -51,6 +51,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 from corral.errors import (
     IncompleteSignatureException,
     InvalidSignatureException,
+    MissingAuthenticationTokenException,
     UnrecognizedClientException,
 )
 
@@ -204,7 +205,7 @@ class Verifier:
         elif query and "X-Amz-" in query and _has_presign_params(query):
             scope, signature, timestamp, expires = _parse_query_auth(query)
         else:
-            raise IncompleteSignatureException(MISSING_AUTH_MESSAGE)
+            raise MissingAuthenticationTokenException(MISSING_AUTH_MESSAGE)
 
         if timestamp[:8] != scope.date:
             raise InvalidSignatureException(

@@ -26,6 +26,7 @@ from corral.errors import (
     IncompleteSignatureException,
     InvalidSignatureException,
     LambdaApiError,
+    MissingAuthenticationTokenException,
     UnrecognizedClientException,
 )
 from corral.iam.sigv4 import (
@@ -408,7 +409,7 @@ def test_signature_not_yet_current_six_minutes_early() -> None:
 def test_missing_authentication() -> None:
     """A request with neither an Authorization header nor a presigned query is refused."""
     request = AWSRequest(method="GET", url=INVOKE_URL + "?Qualifier=v1")
-    with expect(IncompleteSignatureException, MISSING_AUTH_MESSAGE):
+    with expect(MissingAuthenticationTokenException, MISSING_AUTH_MESSAGE):
         verifier().verify(received(request))
 
 
