@@ -68,7 +68,7 @@ class Settings:
     # processes with rlimits and needs allow_insecure.
     sandbox: str = "auto"
     allow_insecure: bool = False
-    default_network: str = "host"
+    default_network: str = "host"  # "host" | "none"; a function's `corral:network` tag wins
     node_capacity_mb: int = 0  # 0 = derive from the machine's memory
     # Billed duration is rounded up to this many ms (100 as the classic price sheet; AWS bills
     # 1 ms today).

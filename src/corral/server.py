@@ -97,7 +97,8 @@ class Runtime:
         self.registry = Registry(settings, self.functions, self.code, discover(),
                                  SqliteAliasRepo(self.db))
         self.scheduler = Scheduler(settings, self.factory, self.code.tree_path,
-                                   self.registry.runtimes.__getitem__, self.log_writer)
+                                   self.registry.runtimes.__getitem__, self.log_writer,
+                                   tags_for=self.registry.cached_tags)
         self.registry.on_change(self.scheduler.retire_function)
         self.reserved = ReservedConcurrency(self.db, settings.limits)
         self.provisioned = ProvisionedRepo(self.db)

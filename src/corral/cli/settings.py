@@ -47,4 +47,5 @@ def build_settings(data_dir: str | None, listen: str | None = None, *,
         sandbox=sandbox or os.environ.get("CORRAL_SANDBOX", "auto"),
         allow_insecure=insecure or os.environ.get("CORRAL_INSECURE") == "1",
         billing_granularity_ms=int(os.environ.get("CORRAL_BILLING_GRANULARITY_MS", "100")),
+        default_network=os.environ.get("CORRAL_DEFAULT_NETWORK", "host"),
     )

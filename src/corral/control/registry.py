@@ -107,6 +107,10 @@ class Registry:
         self.get(name)
         return dict(self._tags.get(name, {}))
 
+    def cached_tags(self, name: str) -> dict[str, str]:
+        """Tags without existence checks (the scheduler's view; empty for unknown names)."""
+        return self._tags.get(name, {})
+
     def total_code_size(self) -> int:
         return sum(c.code.size for c in self._latest.values())
 
@@ -335,7 +339,11 @@ class Registry:
     def set_tags(self, name: str, tags: dict[str, str]) -> None:
         self.get(name)
         self._repo.set_tags(name, tags)
+        old = self._tags.get(name, {})
         self._tags[name] = dict(tags)
+        if {k: v for k, v in old.items() if k.startswith("corral:")} != \
+                {k: v for k, v in tags.items() if k.startswith("corral:")}:
+            self._changed(name)  # sandbox options changed: start fresh instances
 
     def _collect_code(self, sha256_hex: str) -> None:
         """Remove a package nothing refers to. Packages replaced while instances may still run

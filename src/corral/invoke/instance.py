@@ -108,10 +108,12 @@ class Instance:
 
     def __init__(self, config: FunctionConfig, runtime: RuntimeInfo, code_dir: Path,
                  factory: SandboxFactory, logs: LogSink, settings: Settings,
-                 clock: Callable[[], float] = time.monotonic, pinned: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, pinned: bool = False,
+                 network: str = "host") -> None:
         self.config = config
         # Provisioned concurrency: kept initialized, never reaped, reports no Init Duration.
         self.pinned = pinned
+        self.network = network
         self.runtime = runtime
         self.instance_id = uuid.uuid4().hex
         self.state = State.STARTING
@@ -222,11 +224,10 @@ class Instance:
         await self._die()
 
     def _spec(self) -> SandboxSpec:
-        network = "host"
         spec = SandboxSpec(
             instance_id=self.instance_id, argv=[], env={}, code_dir=self._code_dir,
             runtime_dir=RUNTIME_DIR, memory_mb=self.config.memory_mb,
-            ephemeral_mb=self.config.ephemeral_mb, network=network,
+            ephemeral_mb=self.config.ephemeral_mb, network=self.network,
             runtime_api=self.runtime.kind == "provided",
             extra_ro_paths=(Path(self.runtime.prefix),) if self.runtime.prefix else (),
         )

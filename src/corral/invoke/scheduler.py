@@ -64,13 +64,15 @@ class Scheduler:
     def __init__(self, settings: Settings, factory: SandboxFactory,
                  code_tree: Callable[[str], Path],
                  runtime_for: Callable[[str], RuntimeInfo], logs: LogSink,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 tags_for: Callable[[str], dict[str, str]] = lambda name: {}) -> None:
         self._settings = settings
         self._factory = factory
         self._code_tree = code_tree
         self._runtime_for = runtime_for
         self._logs = logs
         self._clock = clock
+        self._tags_for = tags_for  # `corral:*` tags choose per-function sandbox options
         self._pools: dict[PoolKey, Pool] = {}
         self._active = 0  # instances busy or starting, across all functions
         self._active_by_function: dict[str, int] = {}
@@ -225,9 +227,12 @@ class Scheduler:
             self._destroy_later(instance)
 
     def _new_instance(self, config: FunctionConfig, pinned: bool = False) -> Instance:
+        tags = self._tags_for(config.name)
+        network = tags.get("corral:network", self._settings.default_network)
         instance = Instance(config, self._runtime_for(config.runtime),
                             self._code_tree(config.code.sha256_hex), self._factory,
-                            self._logs, self._settings, self._clock, pinned=pinned)
+                            self._logs, self._settings, self._clock, pinned=pinned,
+                            network=network if network in ("none", "host") else "host")
         self.capacity.take(config.memory_mb)
         self._live.add(instance)
         return instance

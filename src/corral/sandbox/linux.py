@@ -137,7 +137,7 @@ class _Shell:
                  cgroup: cgroups.Cgroup, image: ephemeral.Image | None) -> None:
         self.proc = proc
         self.sock = sock
-        self.cgroup = cgroup
+        self.cgroup: cgroups.Cgroup | None = cgroup  # None once a sandbox took it over
         self.image = image  # mounted on the skeleton's /tmp once joined
         self.tmp_fd = -1  # the host's handle on that /tmp filesystem
         self.timings: dict[str, float] = {}
@@ -219,18 +219,22 @@ class LinuxSandbox:
         factory, spec = self._factory, self.spec
         begin = time.perf_counter()
         self._shell = shell = await factory._acquire_shell()
+        # Take over what the launcher holds, with no await in between: from here on this
+        # sandbox alone releases the cgroup and the images (the launcher only its process).
+        assert shell.cgroup is not None
         self._cgroup = cgroup = shell.cgroup
-        tmp_device = ""
-        if shell.tmp_fd >= 0 and shell.image is not None \
-                and shell.image.size_mb == spec.ephemeral_mb:
+        premounted = (shell.tmp_fd >= 0 and shell.image is not None
+                      and shell.image.size_mb == spec.ephemeral_mb)
+        if premounted:
             self._image, self._tmp_fd = shell.image, shell.tmp_fd  # already on /tmp
             self.setup_timings["tmp_premounted"] = 1.0
-        else:
-            if shell.image is not None:  # wrong size: recycled once the launcher is gone
-                self._spare = (shell.image, shell.tmp_fd)
+        elif shell.image is not None:  # wrong size: recycled once the launcher is gone
+            self._spare = (shell.image, shell.tmp_fd)
+        shell.cgroup, shell.image, shell.tmp_fd = None, None, -1
+        tmp_device = ""
+        if not premounted:
             self._image = await factory._acquire_image(spec.ephemeral_mb)
             tmp_device = self._image.device if self._image is not None else ""
-        shell.image, shell.tmp_fd = None, -1
         cgroup.configure(spec.memory_mb, spec.pids_max)
         self._oom_base = cgroup.oom_kills()
 
@@ -389,6 +393,9 @@ class LinuxSandbox:
         if self._destroyed:
             return
         self._destroyed = True
+        if self._shell is not None:  # failed or cancelled during setup
+            await self._abort_setup(self._shell)
+            self._shell = None
         self.kill()
         if self._exit is not None:
             if self._exit.get_loop() is asyncio.get_running_loop():
@@ -398,9 +405,6 @@ class LinuxSandbox:
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
-        if self._shell is not None:  # failed or cancelled during setup
-            await self._abort_setup(self._shell)
-            self._shell = None
         if self._spare is not None:
             self._factory._recycle_image(*self._spare)
             self._spare = None
@@ -592,14 +596,15 @@ class LinuxSandboxFactory:
         return shell
 
     def _discard_shell(self, shell: _Shell) -> None:
-        """Kill a launcher that will not be used and recycle what it held."""
+        """Kill a launcher that will not be used and recycle what it still holds."""
         shell.kill()
-        self._recycle_cgroup(shell.cgroup)
+        if shell.cgroup is not None:
+            self._recycle_cgroup(shell.cgroup)
         if shell.image is not None:
             self._recycle_image(shell.image, shell.tmp_fd)
         elif shell.tmp_fd >= 0:
             os.close(shell.tmp_fd)
-        shell.image, shell.tmp_fd = None, -1
+        shell.cgroup, shell.image, shell.tmp_fd = None, None, -1
 
     def _refill(self) -> None:
         """Keep `warm_shells` launchers joined and waiting (runs on the loop thread), and
