@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -49,7 +50,8 @@ from corral.store.sqlite import Database, SqliteEventQueue, SqliteFunctionRepo
 log = logging.getLogger("corral")
 
 # Optional subsystems: modules with `install(runtime) -> Feature`, started in this order.
-FEATURES: tuple[str, ...] = ()
+FEATURES: tuple[str, ...] = ("corral.metering.feature", "corral.events.async_feature",
+                             "corral.events.schedule_feature")
 
 
 def keys_path(data_dir: Path) -> Path:
@@ -207,6 +209,15 @@ def serve(settings: Settings) -> None:
         config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
                                 log_level="warning", access_log=False, loop="uvloop",
                                 http="httptools", timeout_graceful_shutdown=5)
+        # uvicorn re-raises the signal that stopped it once shutdown is complete; by then
+        # everything is released, so that signal means a clean exit (status 0).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_cleanly)
         uvicorn.Server(config).run()
+        log.info("Corral stopped")
     finally:
         lock.release()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from conftest import CorralServer, free_port
 from functions import PY_ADD, make_zip, unique
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -36,13 +36,19 @@ def handler(event, context):
 """
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
             if not k.startswith("AWS_") and k not in ("CORRAL_PORT", "CORRAL_DATA_DIR")}
 
 
 @pytest.fixture(scope="module")
-def cli_env(server: CorralServer) -> dict[str, str]:
+def cli_env(server: Any) -> dict[str, str]:
     return {**_base_env(), **server.credentials}
 
 

@@ -227,7 +227,7 @@ COUNT = 0
 def handler(event, context):
     global COUNT
     COUNT += 1
-    path = "/tmp/marker"
+    path = "/tmp/marker-" + context.function_name  # unique even on a shared /tmp
     existed = os.path.exists(path)
     open(path, "a").write("x")
     return {"init": INIT, "count": COUNT, "tmp_existed": existed,

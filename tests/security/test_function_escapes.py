@@ -12,6 +12,7 @@ import socket
 import threading
 
 import pytest
+
 from functions import create, unique
 
 pytestmark = pytest.mark.skipif(

@@ -100,7 +100,7 @@ class InvokeConfigStore:
                 (name, qualifier))
         return cur.rowcount > 0
 
-    def list(self, name: str) -> list[InvokeConfig]:
+    def list_for(self, name: str) -> list[InvokeConfig]:
         with self._db.lock:
             rows = self._db.conn.execute(
                 "SELECT function_name, qualifier, max_retry_attempts, max_event_age_s,"
@@ -251,7 +251,7 @@ class EventInvokeConfigApi:
             raise self._missing(name, qualifier)
         return empty_response(204)
 
-    async def list(self, request: Request) -> Response:
+    async def list_configs(self, request: Request) -> Response:
         await signed_json(request)
         ref = function_ref(request)
         self.registry.get(ref.name)
@@ -263,7 +263,7 @@ class EventInvokeConfigApi:
                     f"1 validation error detected: Value '{raw}' at 'maxItems' failed to "
                     f"satisfy constraint: Member must have value between 1 and {_PAGE_MAX}")
             max_items = int(raw)
-        configs = self.store.list(ref.name)
+        configs = self.store.list_for(ref.name)
         marker = request.query_params.get("Marker")
         if marker:
             configs = [c for c in configs if c.qualifier > marker]
@@ -281,6 +281,6 @@ class EventInvokeConfigApi:
     def routes(self) -> list[BaseRoute]:
         base = "/2019-09-25/functions/{name}/event-invoke-config"
         return [
-            Route(base + "/list", self.list, methods=["GET"]),
+            Route(base + "/list", self.list_configs, methods=["GET"]),
             Route(base, self.dispatch, methods=["GET", "PUT", "POST", "DELETE"]),
         ]

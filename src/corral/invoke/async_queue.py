@@ -187,6 +187,16 @@ class AsyncInvoker:
             delay = 1.0 if due is None else max(0.0, min(1.0, due - self._clock()))
             await self._wait(delay)
 
+    async def deliver_due(self) -> int:
+        """Claim every event due now and deliver them one at a time (tests and tools)."""
+        delivered = 0
+        while True:
+            events = self._queue.claim(self._clock(), 1)
+            if not events:
+                return delivered
+            await self._deliver(events[0])
+            delivered += 1
+
     async def _wait(self, timeout: float) -> None:
         self._wakeup.clear()
         with contextlib.suppress(asyncio.TimeoutError):

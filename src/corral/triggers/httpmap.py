@@ -1,7 +1,7 @@
 """HTTP requests as Lambda events and function results as HTTP responses.
 
 Requests become API Gateway payload format 2.0 (function URLs and HTTP routes) or 1.0 (HTTP
-routes), as the interface spec §6.1–6.3 describes:
+routes), as the interface spec §6.1-6.3 describes:
 
 * 2.0: header names lower-cased, repeated headers and query parameters comma-joined, every
   `Cookie` header split into `cookies` (and removed from `headers`), `rawPath` and
