@@ -649,7 +649,9 @@ class Peer:
 
     def python_pids(self) -> list[int]:
         """The peer's handler processes (children running its invoke.py)."""
-        return [p for p, cmd in iter_procs() if "invoke.py" in cmd and "python" in cmd]
+        return [p for p, cmd in iter_procs()
+                if "invoke.py" in cmd and os.path.basename(cmd.split(" ", 1)[0])
+                .startswith("python")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -724,3 +726,11 @@ def workdir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         remove_tree(path)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""

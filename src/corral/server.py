@@ -51,7 +51,9 @@ log = logging.getLogger("corral")
 
 # Optional subsystems: modules with `install(runtime) -> Feature`, started in this order.
 FEATURES: tuple[str, ...] = ("corral.metering.feature", "corral.events.async_feature",
-                             "corral.events.schedule_feature")
+                             "corral.events.schedule_feature", "corral.triggers.urls",
+                             "corral.triggers.routes", "corral.triggers.s3notify",
+                             "corral.triggers.esm")
 
 
 def keys_path(data_dir: Path) -> Path:

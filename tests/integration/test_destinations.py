@@ -154,8 +154,7 @@ class TestDestinations:
                                           DeadLetterConfig={"TargetArn": recorder_arn})
         lam.get_waiter("function_updated_v2").wait(FunctionName=worker)
         stored = lam.get_function_configuration(FunctionName=worker)
-        if stored.get("DeadLetterConfig", {}).get("TargetArn") != recorder_arn:
-            pytest.skip("the registry does not store DeadLetterConfig yet")
+        assert stored["DeadLetterConfig"]["TargetArn"] == recorder_arn
         payload = {"url": callbacks.url, "fail": True}
         lam.invoke(FunctionName=worker, InvocationType="Event",
                    Payload=json.dumps(payload).encode())
@@ -254,3 +253,40 @@ class TestConfigApi:
         with pytest.raises(ClientError) as exc:
             lam.get_function_event_invoke_config(FunctionName=worker)
         assert exc.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+class TestQueueDestination:
+    def test_on_failure_queue_gets_the_record(self, make_server, callbacks, tmp_path):
+        """An SQS OnFailure destination (moto_server) receives the invocation record."""
+        moto_server = pytest.importorskip("moto_server")
+        moto = moto_server.MotoServer(tmp_path)
+        moto.start()
+        try:
+            sqs = moto.client("sqs")
+            url = sqs.create_queue(QueueName=unique("failures"))["QueueUrl"]
+            queue_arn = sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            srv = make_server(extra_env={**FAST_RETRIES, **moto.server_env()})
+            lam = srv.client()
+            worker = unique("toq")
+            create(lam, worker, {"app.py": CALLBACK_FN})
+            lam.put_function_event_invoke_config(
+                FunctionName=worker, MaximumRetryAttempts=0,
+                DestinationConfig={"OnFailure": {"Destination": queue_arn}})
+            payload = {"url": callbacks.url, "fail": True}
+            lam.invoke(FunctionName=worker, InvocationType="Event",
+                       Payload=json.dumps(payload).encode())
+            deadline = time.monotonic() + 30
+            messages: list[dict] = []
+            while not messages and time.monotonic() < deadline:
+                messages = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get(
+                    "Messages", [])
+            assert messages, "no message reached the queue"
+            record = json.loads(messages[0]["Body"])
+            assert record["requestContext"]["condition"] == "RetriesExhausted"
+            assert record["requestContext"]["approximateInvokeCount"] == 1
+            assert record["requestPayload"] == payload
+            assert record["responseContext"]["functionError"] == "Unhandled"
+        finally:
+            moto.stop()
+

@@ -145,6 +145,7 @@ class Registry:
             "ephemeral_mb": check.ephemeral_storage(params, limits) or 512,
             "environment": check.environment(params, limits) or {},
             "description": check.description(params) or "",
+            "dead_letter_target": check.dead_letter_target(params) or None,
             **check.logging_config(params),
         }
         arch = check.architectures(params)
@@ -218,6 +219,9 @@ class Registry:
             if value is not None:
                 changes[key] = value
         changes.update(check.logging_config(params))
+        dead_letter = check.dead_letter_target(params)
+        if dead_letter is not None:
+            changes["dead_letter_target"] = dead_letter or None
         return self._replace(current, current.evolve(**changes))
 
     def delete(self, name: str, qualifier: str | None = None) -> None:

@@ -219,3 +219,18 @@ def architectures(params: dict[str, Any]) -> tuple[str, ...] | None:
         raise InvalidParameterValueException(
             f"Unsupported architectures {value}: this host runs x86_64 only.")
     return ("x86_64",)
+
+
+def dead_letter_target(params: dict[str, Any]) -> str | None:
+    """`DeadLetterConfig.TargetArn`: a function or SQS queue ARN; "" clears it."""
+    config = params.get("DeadLetterConfig")
+    if config is None:
+        return None
+    arn = config.get("TargetArn", "") if isinstance(config, dict) else None
+    if not isinstance(arn, str):
+        raise InvalidParameterValueException("DeadLetterConfig.TargetArn must be a string.")
+    if arn:
+        from corral.events.destinations import parse_target
+
+        parse_target(arn, "deadLetterConfig.targetArn")
+    return arn

@@ -221,7 +221,8 @@ class AsyncInvoker:
         policy = self._policy(event)
         deadline = event.enqueued_at + policy.max_event_age_s
         if self._clock() > deadline:
-            self._final(event, Condition.EVENT_AGE_EXCEEDED, None, event.attempts, policy)
+            self._final(event, Condition.EVENT_AGE_EXCEEDED,
+                        AttemptResponse.from_json(event.last_result), event.attempts, policy)
             return
         try:
             result = await self._runner(event)

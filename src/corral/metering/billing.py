@@ -30,6 +30,7 @@ Rules (docs/billing.md has the user-facing version):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -93,6 +94,7 @@ CREATE INDEX IF NOT EXISTS billing_records_request ON billing_records (request_i
 """
 
 
+@functools.lru_cache(maxsize=4096)  # records repeat a few amounts over and over
 def decimal_text(value: Decimal) -> str:
     """A decimal as plain text without exponent or trailing zeros: 0.0375, 6.66668, 0."""
     if value == 0:
@@ -210,13 +212,21 @@ def make_record(*, request_id: str, function: str, version: str, memory_mb: int,
     init_billed = 0
     if init_ms is not None and prices.bills_init(runtime):
         init_billed = billed_duration_ms(init_ms, granularity_ms)
-    gb_s = gb_seconds(memory_mb, billed_ms + init_billed)
+    gb_s, request_cost, compute_cost = _unit_costs(prices, memory_mb, billed_ms + init_billed)
     return BillingRecord(
         request_id=request_id, function=function, version=version, memory_mb=memory_mb,
         duration_ms=duration_ms, billed_duration_ms=billed_ms, init_duration_ms=init_ms,
-        init_billed_ms=init_billed, gb_seconds=gb_s, request_cost=prices.request_cost(1),
-        compute_cost=prices.compute_cost(gb_s), cold_start=cold_start, error_type=error_type,
+        init_billed_ms=init_billed, gb_seconds=gb_s, request_cost=request_cost,
+        compute_cost=compute_cost, cold_start=cold_start, error_type=error_type,
         timestamp_ms=timestamp_ms)
+
+
+@functools.lru_cache(maxsize=4096)  # a few memory sizes x a few billed durations, mostly
+def _unit_costs(prices: PriceTable, memory_mb: int, billed_ms: int) \
+        -> tuple[Decimal, Decimal, Decimal]:
+    """GB-seconds, request cost and compute cost of one invocation."""
+    gb_s = gb_seconds(memory_mb, billed_ms)
+    return gb_s, prices.request_cost(1), prices.compute_cost(gb_s)
 
 
 # -- storage ----------------------------------------------------------------------------------
@@ -326,11 +336,12 @@ class BillingRecorder:
 
     def __init__(self, store: BillingStore, prices: PriceTable, granularity_ms: int,
                  clock: Callable[[], float] = time.time, *,
-                 max_buffered: int = 100_000) -> None:
+                 max_buffered: int = 100_000, batch_size: int = 1000) -> None:
         self.store = store
         self.prices = prices
         self.granularity_ms = granularity_ms
         self.max_buffered = max_buffered
+        self.batch_size = batch_size
         self._clock = clock
         self._buffer: list[_Pending] = []
         self._mutex = threading.Lock()
@@ -358,24 +369,30 @@ class BillingRecorder:
             return len(self._buffer)
 
     def flush(self) -> int:
-        """Write everything buffered now; returns how many records were written."""
+        """Write everything buffered now, `batch_size` records per transaction (so the shared
+        connection's lock is never held long); returns how many records were written."""
+        written = 0
         with self._flush_lock:
             with self._mutex:
                 batch, self._buffer = self._buffer, []
-            if not batch:
-                return 0
-            records = [self._record(item) for item in batch]
-            try:
-                self.store.insert(records)
-            except Exception:
-                log.exception("writing %d billing records failed", len(records))
-                with self._mutex:
-                    room = max(self.max_buffered - len(self._buffer), 0)
-                    self._buffer[:0] = batch[:room]
-                    self.dropped += len(batch) - min(room, len(batch))
-                return 0
-            self.written += len(records)
-            return len(records)
+            for start in range(0, len(batch), self.batch_size):
+                chunk = batch[start:start + self.batch_size]
+                records = [self._record(item) for item in chunk]
+                try:
+                    self.store.insert(records)
+                except Exception:
+                    log.exception("writing %d billing records failed", len(batch) - start)
+                    self._requeue(batch[start:])
+                    break
+                written += len(records)
+            self.written += written
+        return written
+
+    def _requeue(self, items: list[_Pending]) -> None:
+        with self._mutex:
+            room = max(self.max_buffered - len(self._buffer), 0)
+            self._buffer[:0] = items[:room]
+            self.dropped += max(len(items) - room, 0)
 
     def _record(self, item: _Pending) -> BillingRecord:
         (request_id, function, version, memory_mb, runtime, duration_ms, billed_ms, init_ms,

@@ -49,9 +49,15 @@ def make_client(service: str, region: str, *, read_timeout: float = 30.0,
                                "retries": {"mode": "standard", "max_attempts": 3}}
     if service == "s3" and endpoint:
         options["s3"] = {"addressing_style": "path"}
+    credentials: dict[str, Any] = {}
+    if env is not None and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        # An explicit environment brings its own credentials (otherwise boto3's chain).
+        credentials = {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+                       "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+                       "aws_session_token": env.get("AWS_SESSION_TOKEN") or None}
     session: Any = boto3.session.Session()
     return session.client(service, region_name=region, endpoint_url=endpoint,
-                          config=Config(**options))
+                          config=Config(**options), **credentials)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -44,6 +44,8 @@ _TEXT_TYPES = frozenset({
 _DROPPED_RESPONSE_HEADERS = frozenset({"content-length", "transfer-encoding", "connection",
                                        "keep-alive"})
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
+# Every method a front-end route accepts (Starlette's default for function endpoints is GET).
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class MalformedResponse(Exception):
@@ -326,13 +328,17 @@ def reply_v2(payload: bytes) -> HttpReply:
         return HttpReply(200, [("content-type", "application/json")], payload)
     status = _status(data["statusCode"])
     headers: list[tuple[str, str]] = []
-    raw_headers = data.get("headers") or {}
+    raw_headers = data.get("headers")
+    if raw_headers is None:
+        raw_headers = {}
     if not isinstance(raw_headers, dict):
         raise MalformedResponse("headers must be an object")
     for name, value in raw_headers.items():
         if name.lower() not in _DROPPED_RESPONSE_HEADERS:
             headers.append((str(name).lower(), _header_text(value)))
-    cookies = data.get("cookies") or []
+    cookies = data.get("cookies")
+    if cookies is None:
+        cookies = []
     if not isinstance(cookies, list):
         raise MalformedResponse("cookies must be a list of strings")
     for cookie in cookies:
@@ -363,8 +369,10 @@ def reply_v1(payload: bytes) -> HttpReply:
     if unknown:
         raise MalformedResponse(f"unexpected field(s) {', '.join(sorted(unknown))}")
     status = _status(data["statusCode"])
-    single = data.get("headers") or {}
-    multi = data.get("multiValueHeaders") or {}
+    single = data.get("headers")
+    multi = data.get("multiValueHeaders")
+    single = {} if single is None else single
+    multi = {} if multi is None else multi
     if not isinstance(single, dict) or not isinstance(multi, dict):
         raise MalformedResponse("headers and multiValueHeaders must be objects")
     merged: dict[str, list[str]] = {}

@@ -55,6 +55,7 @@ from corral.errors import (
 )
 from corral.model import LATEST, Invocation, new_request_id
 from corral.triggers.httpmap import (
+    ALL_METHODS,
     MAX_REQUEST_BYTES,
     HttpReply,
     HttpRequest,
@@ -243,8 +244,8 @@ class HttpRoutes:
             Route("/_corral/apis/{api}/routes", self.get_routes, methods=["GET"]),
             Route("/_corral/apis/{api}/routes", self.put_route, methods=["PUT"]),
             Route("/_corral/apis/{api}/routes", self.delete_route, methods=["DELETE"]),
-            Route("/http/{api}", self.serve, methods=None),
-            Route("/http/{api}/{rest:path}", self.serve, methods=None),
+            Route("/http/{api}", self.serve, methods=ALL_METHODS),
+            Route("/http/{api}/{rest:path}", self.serve, methods=ALL_METHODS),
         ]
 
     async def start(self) -> None:
@@ -411,7 +412,7 @@ class HttpRoutes:
             return json_reply(413, {"message": "Request Entity Too Large"})
         where = f"route {route.api} {route.route_key}"
         try:
-            function = self._registry.get(route.function_name, route.qualifier)
+            function = self._registry.resolve(route.function_name, route.qualifier)
             result = await self._runtime.scheduler.invoke(Invocation(
                 request_id=request_id, function=function, payload=payload,
                 invoked_arn=self._registry.arn(route.function_name, route.qualifier)))

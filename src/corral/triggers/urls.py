@@ -52,6 +52,7 @@ from corral.errors import (
 from corral.iam.sigv4 import Identity
 from corral.model import LATEST, Invocation, new_request_id
 from corral.triggers.httpmap import (
+    ALL_METHODS,
     MAX_REQUEST_BYTES,
     HttpReply,
     MalformedResponse,
@@ -237,7 +238,7 @@ class FunctionUrls:
             config = UrlConfig(**json.loads(text))
             self._by_id[config.url_id] = config
         self._registry.on_change(self._function_changed)
-        url_router = Router(routes=[Route("/{rest:path}", self.serve_by_host, methods=None)])
+        url_router = Router(routes=[Route("/{rest:path}", self.serve_by_host, methods=ALL_METHODS)])
         self.routes: list[BaseRoute] = [
             Host("{url_id}.lambda-url.{region}.localhost", app=url_router),
             Route("/2021-10-31/functions/{name}/url", self.create, methods=["POST"]),
@@ -245,8 +246,8 @@ class FunctionUrls:
             Route("/2021-10-31/functions/{name}/url", self.update, methods=["PUT"]),
             Route("/2021-10-31/functions/{name}/url", self.delete, methods=["DELETE"]),
             Route("/2021-10-31/functions/{name}/urls", self.list_configs, methods=["GET"]),
-            Route("/lambda-url/{url_id}", self.serve_by_path, methods=None),
-            Route("/lambda-url/{url_id}/{rest:path}", self.serve_by_path, methods=None),
+            Route("/lambda-url/{url_id}", self.serve_by_path, methods=ALL_METHODS),
+            Route("/lambda-url/{url_id}/{rest:path}", self.serve_by_path, methods=ALL_METHODS),
         ]
 
     async def start(self) -> None:
@@ -461,7 +462,7 @@ class FunctionUrls:
         if len(payload) > self._settings.limits.sync_payload_max_bytes:
             return json_reply(413, {"Message": "Request Entity Too Large"})
         try:
-            function = self._registry.get(config.function_name, config.qualifier)
+            function = self._registry.resolve(config.function_name, config.qualifier)
             result = await self._runtime.scheduler.invoke(Invocation(
                 request_id=request_id, function=function, payload=payload,
                 invoked_arn=self._registry.arn(config.function_name, config.qualifier)))

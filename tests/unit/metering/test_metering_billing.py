@@ -333,3 +333,27 @@ def test_no_free_tier_when_configured_to_zero() -> None:
     acc = _report(FunctionUsage("fn", 1, 128 * 300), prices=prices)["account"]
     assert acc["total"] == "0.00000082500125"
     assert acc["free_tier_deduction"] == "0"
+
+
+def test_recorder_writes_in_bounded_transactions_and_requeues_the_rest(db: Database) -> None:
+    """Five records with batch_size 2 are three transactions; a failing one keeps the rest."""
+    store = BillingStore(db)
+    recorder = BillingRecorder(store, P, 100, batch_size=2)
+    for i in range(5):
+        recorder.observe(_invocation(), _result(f"r{i}", 10.0, 100))
+    calls: list[int] = []
+    real_insert = store.insert
+
+    def flaky(records: Any) -> None:
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise OSError("busy")
+        real_insert(records)
+
+    store.insert = flaky  # type: ignore[method-assign]
+    assert recorder.flush() == 2
+    assert recorder.pending == 3
+    assert recorder.flush() == 3
+    assert calls == [2, 2, 2, 1]
+    assert sorted(r.request_id for r in store.records(function="fn")) == \
+        ["r0", "r1", "r2", "r3", "r4"]

@@ -1,0 +1,182 @@
+"""100 concurrent first invocations of one fresh function: total wall time, all answered, instances.
+
+100 threads, each with its own pre-opened keep-alive connection and a request signed beforehand,
+are released together by a barrier against a function that has no instance yet. Measured: wall
+time from the first send to the last complete response, how many got a 200 with the handler's
+result, how many were cold (REPORT `Init Duration` via `LogType=Tail`), how many instances the
+server has afterwards (/_corral/health) and how many log streams the function got (one per
+instance). serverless-offline gets the same burst on a fresh function of its own, for context.
+Usage: .venv/bin/python bench/burst.py [--quick] [--sandbox auto|linux|process] [--memory 128]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as bl  # noqa: E402
+
+NAME = "burst"
+
+
+def burst(port: int, reqs: list[bl.SignedRequest]) -> dict[str, Any]:
+    n = len(reqs)
+    clients = [bl.RawClient(port, timeout=120) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    starts = [0.0] * n
+    ends = [0.0] * n
+    statuses: list[int | None] = [None] * n
+    inits: list[float | None] = [None] * n
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        starts[i] = time.perf_counter()
+        try:
+            status, body, headers = clients[i].send(reqs[i])
+            statuses[i] = status
+            inits[i] = bl.init_duration_ms(headers)
+            if status != 200 or b"ok" not in body:
+                errors.append(f"{status} {body[:200]!r}")
+        except Exception as exc:  # recorded, not raised: the count of answers is the result
+            errors.append(repr(exc))
+        ends[i] = time.perf_counter()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    for c in clients:
+        c.close()
+    done = [i for i in range(n) if ends[i]]
+    t0 = min(starts[i] for i in done) if done else 0.0
+    latencies = [(ends[i] - starts[i]) * 1000 for i in done]
+    return {
+        "requests": n,
+        "answered_200": sum(1 for s in statuses if s == 200),
+        "statuses": {str(s): statuses.count(s) for s in set(statuses)},
+        "wall_s": round(max(ends[i] for i in done) - t0, 4) if done else None,
+        "latency_ms": bl.summary(latencies),
+        "cold": sum(1 for x in inits if x is not None),
+        "init_duration_ms": bl.summary([x for x in inits if x is not None]),
+        "errors": errors[:10],
+    }
+
+
+def main() -> int:
+    parser = bl.common_args(__doc__.split("\n")[0])
+    parser.set_defaults(memory=128)
+    parser.add_argument("--concurrency", type=int, default=100)
+    args = parser.parse_args()
+    repeats = 1 if args.quick else 3
+    n = args.concurrency
+    results: dict[str, list[dict[str, Any]]] = {"corral": [], "peer": []}
+
+    with bl.workdir("burst") as wd:
+        srv = bl.CorralServer(wd, sandbox=args.sandbox, insecure=args.insecure)
+        peer = bl.Peer({f"b{i}": bl.PeerFunction("app.handler", "python3.11")
+                        for i in range(repeats)}, {"app.py": bl.PY_TRIVIAL})
+        peer_err: list[BaseException] = []
+
+        def start_peer() -> None:
+            try:
+                peer.start()
+            except BaseException as exc:
+                peer_err.append(exc)
+
+        peer_thread = threading.Thread(target=start_peer, daemon=True)
+        try:
+            peer_thread.start()
+            srv.start()
+            sandbox = srv.sandbox_used()
+            lam = srv.client()
+            logs = srv.client("logs")
+            signer = srv.signer()
+            zip_bytes = bl.make_zip({"app.py": bl.PY_TRIVIAL})
+            peer_thread.join(180)
+            if peer_err:
+                raise peer_err[0]
+            bl.log(f"corral {srv.port} ({sandbox}), serverless-offline {peer.lambda_port}")
+            for r in range(repeats):
+                for side in (("corral", "peer") if r % 2 == 0 else ("peer", "corral")):
+                    if side == "corral":
+                        name = bl.unique("burst")
+                        srv.create_function(lam, name, zip_bytes, memory=args.memory)
+                        req = signer.invoke(name, tail=True)
+                        res = burst(srv.port, [req] * n)
+                        res["instances_after"] = srv.health().get("instances")
+                        streams: set[str] = set()
+                        for _ in range(20):  # log delivery may lag the responses a little
+                            streams = set()
+                            token = None
+                            while True:
+                                kw = {"nextToken": token} if token else {}
+                                page = logs.describe_log_streams(
+                                    logGroupName=f"/aws/lambda/{name}", **kw)
+                                streams |= {s["logStreamName"] for s in page["logStreams"]}
+                                token = page.get("nextToken")
+                                if not token:
+                                    break
+                            if len(streams) >= res["cold"]:
+                                break
+                            time.sleep(0.25)
+                        res["log_streams"] = len(streams)
+                        lam.delete_function(FunctionName=name)
+                    else:
+                        before = set(peer.python_pids())
+                        res = burst(peer.lambda_port, [peer.request(f"b{r}")] * n)
+                        res["instances_after"] = len(set(peer.python_pids()) - before)
+                    results[side].append(res)
+                    bl.log(f"  {side}: wall {res['wall_s']} s, {res['answered_200']}/{n} "
+                           f"answered, instances {res['instances_after']}")
+                    time.sleep(1.0)
+        finally:
+            peer.stop()
+            srv.stop()
+
+    def med(side: str, key: str) -> float | None:
+        vals = [r[key] for r in results[side] if r.get(key) is not None]
+        return round(statistics.median(vals), 4) if vals else None
+
+    all_answered = all(r["answered_200"] == n for r in results["corral"])
+    wall = med("corral", "wall_s")
+    verdicts = [bl.verdict(
+        f"{n} concurrent first invocations of one function: total wall time",
+        wall if all_answered else None, 1.0, "le", "s", "all answered, <= 1 s total",
+        note=("all answered" if all_answered else "NOT all answered: "
+              + str([r["statuses"] for r in results["corral"]])))]
+    if not all_answered and wall is not None:
+        verdicts[0]["verdict"] = f"missed: not all answered ({wall} s)"
+    rows = []
+    for side in ("corral", "peer"):
+        for r in results[side]:
+            rows.append([side, r["wall_s"], f"{r['answered_200']}/{n}",
+                         bl.ms(r["latency_ms"].get("median")), bl.ms(r["latency_ms"].get("max")),
+                         r["cold"] if side == "corral" else "-",
+                         r["instances_after"] if side == "peer" else
+                         f"{r['instances_after']} / {r.get('log_streams')} streams"])
+    bl.print_table(f"Burst: {n} concurrent first invocations (sandbox: {sandbox}, "
+                   f"MemorySize {args.memory} MB)",
+                   ["side", "wall s", "answered", "latency p50 ms", "max ms", "cold (Init)",
+                    "instances"], rows)
+    bl.print_verdicts(verdicts)
+    bl.write_results(NAME, {
+        "config": {"quick": args.quick, "sandbox_requested": args.sandbox, "sandbox": sandbox,
+                   "memory_mb": args.memory, "concurrency": n, "repeats": repeats,
+                   "peer": bl.peer_version()},
+        "summary": {"corral_wall_s_median": wall, "peer_wall_s_median": med("peer", "wall_s"),
+                    "ratio": bl.ratio(wall, med("peer", "wall_s")),
+                    "corral_all_answered": all_answered,
+                    "peer_all_answered": all(r["answered_200"] == n for r in results["peer"])},
+        "runs": results, "targets": verdicts})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
