@@ -109,11 +109,13 @@ class Instance:
     def __init__(self, config: FunctionConfig, runtime: RuntimeInfo, code_dir: Path,
                  factory: SandboxFactory, logs: LogSink, settings: Settings,
                  clock: Callable[[], float] = time.monotonic, pinned: bool = False,
-                 network: str = "host") -> None:
+                 network: str = "host", runtime_api: bool = False) -> None:
         self.config = config
         # Provisioned concurrency: kept initialized, never reaped, reports no Init Duration.
         self.pinned = pinned
         self.network = network
+        # Custom runtimes always speak the HTTP Runtime API; built-in ones may be asked to.
+        self.runtime_api = runtime_api or runtime.kind == "provided"
         self.runtime = runtime
         self.instance_id = uuid.uuid4().hex
         self.state = State.STARTING
@@ -228,7 +230,7 @@ class Instance:
             instance_id=self.instance_id, argv=[], env={}, code_dir=self._code_dir,
             runtime_dir=RUNTIME_DIR, memory_mb=self.config.memory_mb,
             ephemeral_mb=self.config.ephemeral_mb, network=self.network,
-            runtime_api=self.runtime.kind == "provided",
+            runtime_api=self.runtime_api,
             extra_ro_paths=(Path(self.runtime.prefix),) if self.runtime.prefix else (),
         )
         view = self._factory.view(spec)

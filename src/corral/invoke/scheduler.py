@@ -232,7 +232,8 @@ class Scheduler:
         instance = Instance(config, self._runtime_for(config.runtime),
                             self._code_tree(config.code.sha256_hex), self._factory,
                             self._logs, self._settings, self._clock, pinned=pinned,
-                            network=network if network in ("none", "host") else "host")
+                            network=network if network in ("none", "host") else "host",
+                            runtime_api=tags.get("corral:protocol") == "runtime-api")
         self.capacity.take(config.memory_mb)
         self._live.add(instance)
         return instance
