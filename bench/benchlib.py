@@ -1,4 +1,4 @@
-"""Shared machinery for the benchmarks in bench/: servers, the peer, signing, clients, stats, output.
+"""Shared machinery for the benchmarks in bench/: servers, the peer, signing, clients, output.
 
 Every benchmark starts what it needs itself and stops it at the end (also on failure):
 

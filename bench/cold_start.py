@@ -27,7 +27,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
 NAME = "cold_start"
 
@@ -226,7 +225,8 @@ def main() -> int:
             pclient = bl.RawClient(peer.lambda_port)
 
             import_ms = standalone_import_ms(tree, 3 if args.quick else 5)
-            bl.log(f"heavy handler import, standalone: median {statistics.median(import_ms):.0f} ms")
+            bl.log("heavy handler import, standalone: median "
+                   f"{statistics.median(import_ms):.0f} ms")
 
             def corral_fresh(prefix: str, zip_bytes: bytes, runtime: str, handler: str) -> str:
                 name = bl.unique(prefix)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
 BENCHMARKS = ["cold_start", "warm_latency", "throughput", "burst", "memory", "async_queue"]
 DOC = bl.ROOT / "docs" / "performance.md"
@@ -317,16 +317,16 @@ def section(name: str, doc: dict[str, Any], img: str | None) -> list[str]:
                  "peer_heavy_further", "corral_heavy_further_init"),
                 ("Node.js, trivial handler", "corral_node", "peer_node", "corral_node_init")):
             c, p = s.get(ck, {}), s.get(pk, {})
-            rows.append([label, n(c.get("median")), f"{n(c.get('p10'))}–{n(c.get('p90'))}",
+            rows.append([label, n(c.get("median")), f"{n(c.get('p10'))}-{n(c.get('p90'))}",
                          n(s.get(ik, {}).get("median")), n(p.get("median")),
-                         f"{n(p.get('p10'))}–{n(p.get('p90'))}",
+                         f"{n(p.get('p10'))}-{n(p.get('p90'))}",
                          n(bl.ratio(c.get("median"), p.get("median")), 2), c.get("n")])
-        out += [md_table(["cold start, request to response (ms)", "Corral p50", "p10–p90",
-                          "Corral Init Duration p50", "serverless-offline p50", "p10–p90",
+        out += [md_table(["cold start, request to response (ms)", "Corral p50", "p10-p90",
+                          "Corral Init Duration p50", "serverless-offline p50", "p10-p90",
                           "Corral / peer", "n"], rows), ""]
-        out += [md_table(["floor / import cost (ms)", "p50", "p10–p90"], [
+        out += [md_table(["floor / import cost (ms)", "p50", "p10-p90"], [
             [label, n(s.get(k, {}).get("median")),
-             f"{n(s.get(k, {}).get('p10'))}–{n(s.get(k, {}).get('p90'))}"]
+             f"{n(s.get(k, {}).get('p10'))}-{n(s.get(k, {}).get('p90'))}"]
             for label, k in (("`python3 -S -I -c pass` (exec floor)", "python_pass"),
                              ("`node -e 0`", "node_e0"),
                              ("heavy handler's imports, standalone on the host",
@@ -367,10 +367,13 @@ def section(name: str, doc: dict[str, Any], img: str | None) -> list[str]:
         for rt, e in s.items():
             for side in ("corral", "peer"):
                 share = e[side].get("cpu_share") or {}
+                per = e[side].get("cpu_ms_per_request") or {}
                 cpu_rows.append([rt, side, n(share.get("front"), 2),
-                                 n(share.get("functions"), 2)])
-        out += [md_table(["CPU during the last run (cores)", "side", "server / node process",
-                          "function processes"], cpu_rows), ""]
+                                 n(share.get("functions"), 2), n(per.get("front"), 3),
+                                 n(per.get("functions"), 3)])
+        out += [md_table(["CPU during the last run", "side", "front process (cores)",
+                          "function processes (cores)", "front CPU ms / request",
+                          "function CPU ms / request"], cpu_rows), ""]
         out.append("wrk replays one request from a Lua script: SigV4-signed for Corral (signed "
                    "just before each run), unsigned for serverless-offline; runs alternate "
                    "after an untimed warm-up that starts the 8 instances on both sides.")
@@ -383,11 +386,16 @@ def section(name: str, doc: dict[str, Any], img: str | None) -> list[str]:
                     inst = f"{inst.get('idle', 0) + inst.get('busy', 0)} " \
                            f"({r.get('log_streams')} log streams)"
                 rows.append(["Corral" if side == "corral" else "serverless-offline",
-                             r["wall_s"], f"{r['answered_200']}/{r['requests']}",
+                             r["wall_s"],
+                             f"{r.get('answered_ok', r['answered_200'])}/{r['requests']}",
                              n(r["latency_ms"].get("median")), n(r["latency_ms"].get("max")),
                              r["cold"] if side == "corral" else "-", inst])
-        out += [md_table(["side", "wall s", "answered 200", "latency p50 ms", "max ms",
-                          "cold (Init Duration)", "instances started"], rows), ""]
+        out += [md_table(["side", "wall s", "answered with the handler's result",
+                          "latency p50 ms", "max ms", "cold (Init Duration)",
+                          "instances started"], rows), ""]
+        errs = sorted({e for r in doc["runs"]["corral"] for e in r.get("errors", [])})
+        if errs:
+            out += ["Corral errors seen: " + "; ".join(f"`{e[:160]}`" for e in errs[:3]), ""]
         out.append(f"100 threads with pre-opened keep-alive connections and pre-signed requests "
                    f"released by a barrier against a function with no instance; MemorySize "
                    f"{cfg.get('memory_mb')} MB. Median wall time Corral "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
 NAME = "throughput"
 CONNECTIONS = 8
@@ -181,7 +181,11 @@ def main() -> int:
                 "latency_p99_ms": round(statistics.median(r["p99_us"] for r in results) / 1000,
                                         3) if results else None,
                 "errors": sum(r["errors"] for r in results),
-                "cpu_share": results[-1].get("cpu_share") if results else None}
+                "cpu_share": results[-1].get("cpu_share") if results else None,
+                "cpu_ms_per_request": {
+                    k: round(statistics.median(r["cpu_share"][k] * 1000 / r["rps"]
+                                               for r in results if r["rps"]), 3)
+                    for k in ("front", "functions")} if results else None}
         paired = [bl.ratio(c["rps"], p["rps"]) for c, p in zip(sides["corral"], sides["peer"],
                                                                 strict=False)]
         entry["ratio"] = bl.ratio(entry["corral"]["rps_median"], entry["peer"]["rps_median"])
@@ -209,10 +213,13 @@ def main() -> int:
                    ["handler", "Corral req/s", "serverless-offline req/s", "ratio",
                     "Corral p50 ms", "peer p50 ms", "Corral p99 ms", "peer p99 ms",
                     "errors C/P"], rows)
-    bl.print_table("CPU used during the last run (cores busy)",
-                   ["handler", "side", "front (server / node)", "function processes"],
+    bl.print_table("CPU: cores busy in the last run; CPU ms per request (median of runs)",
+                   ["handler", "side", "front (server / node)", "function processes",
+                    "front ms/req", "functions ms/req"],
                    [[rt, side, (summary[rt][side]["cpu_share"] or {}).get("front"),
-                     (summary[rt][side]["cpu_share"] or {}).get("functions")]
+                     (summary[rt][side]["cpu_share"] or {}).get("functions"),
+                     (summary[rt][side]["cpu_ms_per_request"] or {}).get("front"),
+                     (summary[rt][side]["cpu_ms_per_request"] or {}).get("functions")]
                     for rt in summary for side in ("corral", "peer")])
     bl.print_verdicts(verdicts)
     bl.write_results(NAME, {

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fcntl
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -73,8 +74,15 @@ class DataDirLock:
             raise ConfigError(f"another Corral server is using {data_dir}") from exc
         self._file.write(str(os.getpid()))
         self._file.flush()
+        self._info = data_dir / "server.json"
+
+    def announce(self, endpoint: str, sandbox: str) -> None:
+        """Record where this server listens, for `corral env` and the CLI."""
+        self._info.write_text(json.dumps({"endpoint": endpoint, "pid": os.getpid(),
+                                          "sandbox": sandbox}))
 
     def release(self) -> None:
+        self._info.unlink(missing_ok=True)
         self._file.close()
 
 
@@ -117,6 +125,7 @@ class Runtime:
             provisioned=self.provisioned)
         self.logs_api = LogsApi(self.log_store, settings.region, settings.account_id, time.time)
         self.services.json_targets["Logs_20140328"] = self.logs_api
+        self.services.extras["sandbox"] = self.factory.report().implementation
         self._tasks: list[asyncio.Task[Any]] = []
         self.features: list[Feature] = []
 
@@ -207,6 +216,7 @@ def serve(settings: Settings) -> None:
         report = app.state.runtime.factory.report()
         for line in report.lines():
             log.info("%s", line)
+        lock.announce(settings.endpoint_url, report.implementation)
         log.info("Corral listening on %s (data dir %s)", settings.endpoint_url, settings.data_dir)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
                                 log_level="warning", access_log=False, loop="uvloop",

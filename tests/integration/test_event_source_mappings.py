@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from test_async_and_lifecycle import Callbacks
 
 from functions import create, unique
 from moto_server import ACCOUNT, REGION, MotoServer, moto_endpoint  # noqa: F401
-from test_async_and_lifecycle import Callbacks
 
 # Reports each batch to the callback server; with ReportBatchItemFailures it fails the message
 # whose body is "bad" on its first delivery; a body "raise" fails the whole batch once.

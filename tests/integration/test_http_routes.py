@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_function_urls import header, request
 
 from corral.cli.commands.route import route as route_cli
 from functions import create, unique
-from test_function_urls import header, request
 
 ROUTE_FN = """
 import base64, json

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_async_and_lifecycle import Callbacks
 
 from corral.cli.commands.subscribe import subscribe as subscribe_cli
 from functions import create, unique
-from test_async_and_lifecycle import Callbacks
 
 RECORDER_FN = """
 import json, os, urllib.request

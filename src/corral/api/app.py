@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from corral import __version__
 from corral.api import account, concurrency, functions, invoke, jsonrpc, tags, versions
 from corral.api.errors import handle_lambda_error, handle_unexpected
 from corral.errors import LambdaApiError
@@ -16,7 +17,10 @@ from corral.services import Services
 async def health(request: Request) -> Response:
     svc: Services = request.app.state.services
     stats = svc.scheduler.stats()
-    return JSONResponse({"status": "ok", "functions": len(svc.registry.all_functions()),
+    return JSONResponse({"status": "ok", "version": __version__,
+                         "sandbox": svc.extras.get("sandbox", "unknown"),
+                         "functions": len(svc.registry.all_functions()),
+                         "runtimes": sorted(svc.registry.runtimes),
                          "instances": {"idle": stats.idle, "busy": stats.busy}})
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,10 +147,11 @@ def resolve_connection(endpoint_url: str | None = None,
     except (OSError, ConfigError) as exc:
         raise CliError(f"cannot read the Corral credentials in {path}: {exc}") from exc
     if not keys:
+        where = "" if data_dir is not None else \
+            "no AWS_ENDPOINT_URL and AWS_ACCESS_KEY_ID in the environment and "
         raise CliError(
-            f"no Corral credentials: {path} has no root key. Start `corral server"
-            f"{'' if data_dir is None else ' --data-dir ' + str(directory)}` once, or run "
-            '`eval "$(corral env)"` (or pass --data-dir)')
+            f"no Corral credentials: {where}no root key in {path}. Run "
+            '`eval "$(corral env)"`, pass --data-dir DIR, or start `corral server` first')
     root = keys[0]
     return Connection(endpoint, root.access_key_id, root.secret_access_key, None, region,
                       f"root key in {path}")
@@ -177,7 +177,8 @@ def get_connection(endpoint_url: str | None, data_dir: str | None) -> Connection
 
 def health(endpoint: str, timeout: float = 3.0) -> dict[str, Any]:
     """GET {endpoint}/_corral/health (unsigned); raises OSError if unreachable."""
-    with urllib.request.urlopen(f"{endpoint}/_corral/health", timeout=timeout) as resp:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    with opener.open(f"{endpoint}/_corral/health", timeout=timeout) as resp:
         body = resp.read()
     data = json.loads(body)
     return data if isinstance(data, dict) else {"status": data}
@@ -201,7 +202,8 @@ def describe_error(exc: BaseException, endpoint: str | None = None) -> str | Non
         return f"{code}: {message}" if message else code
     if isinstance(exc, WaiterError):
         last = exc.last_response if isinstance(exc.last_response, dict) else {}
-        reason = last.get("Error", {}).get("Message") or last.get("StateReason")
+        reason = (last.get("Error", {}).get("Message") or last.get("LastUpdateStatusReason")
+                  or last.get("StateReason"))
         return f"waiting for the function failed: {reason or exc.kwargs.get('reason', exc)}"
     if isinstance(exc, EndpointConnectionError | ConnectionClosedError):
         return unreachable(endpoint or _endpoint_of(exc))

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from corral.cli.settings import build_settings, resolve_data_dir
+from corral.cli.settings import build_settings, resolve_data_dir, running_endpoint
 from corral.errors import ConfigError
 
 DATA_DIR = click.option("--data-dir", envvar="CORRAL_DATA_DIR", default=None,
@@ -23,6 +23,11 @@ LAZY_COMMANDS = {
     "rm": "corral.cli.commands.functions:rm",
     "logs": "corral.cli.commands.logs:logs",
     "doctor": "corral.cli.commands.doctor:doctor",
+    "stats": "corral.cli.commands.stats:stats",
+    "bill": "corral.cli.commands.bill:bill",
+    "schedule": "corral.cli.commands.schedule:schedule",
+    "route": "corral.cli.commands.route:route",
+    "subscribe": "corral.cli.commands.subscribe:subscribe",
 }
 
 
@@ -111,11 +116,15 @@ def env(data_dir: str | None, listen: str | None) -> None:
     from corral.server import keys_path
 
     settings = build_settings(data_dir, listen)
-    key = KeyStore(keys_path(resolve_data_dir(data_dir))).load_or_create_root()
+    directory = resolve_data_dir(data_dir)
+    key = KeyStore(keys_path(directory)).load_or_create_root()
+    endpoint = settings.endpoint_url
+    if listen is None:
+        endpoint = running_endpoint(directory) or endpoint
     click.echo(f"export AWS_ACCESS_KEY_ID={key.access_key_id}")
     click.echo(f"export AWS_SECRET_ACCESS_KEY={key.secret_access_key}")
     click.echo(f"export AWS_DEFAULT_REGION={settings.region}")
-    click.echo(f"export AWS_ENDPOINT_URL={settings.endpoint_url}")
+    click.echo(f"export AWS_ENDPOINT_URL={endpoint}")
 
 
 if __name__ == "__main__":

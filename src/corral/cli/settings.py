@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,15 @@ from corral.config import DEFAULT_PORT, AsyncSettings, Limits, Settings, default
 def _env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
     return float(value) if value else default
+
+
+def running_endpoint(data_dir: Path) -> str | None:
+    """The endpoint a server using `data_dir` announced in `server.json`, if any."""
+    try:
+        endpoint = json.loads((data_dir / "server.json").read_text()).get("endpoint")
+    except (OSError, ValueError):
+        return None
+    return endpoint if isinstance(endpoint, str) else None
 
 
 def parse_listen(listen: str | None) -> tuple[str, int]:

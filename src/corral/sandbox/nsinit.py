@@ -1,10 +1,12 @@
 """Builds one function sandbox and execs the runtime in it. Runs as root; STDLIB ONLY.
 
-The host runs this file as a script with a system Python, `python3 -S -I nsinit.py FD PPID`,
-where FD is one end of an AF_UNIX SOCK_SEQPACKET socketpair (the *setup socket*) and PPID the
-server's pid. It never imports Corral, and imports only os, sys, time, marshal, struct, fcntl,
-_socket and ctypes, so that it starts in a few milliseconds. Messages in both directions are
-`marshal` dicts (the host is trusted; no user data is decoded here except as opaque strings).
+The host runs this file as a script with a system Python, `python3 -S -I nsinit.py FD PPID
+NICE`, where FD is one end of an AF_UNIX SOCK_SEQPACKET socketpair (the *setup socket*), PPID
+the server's pid and NICE how much lower to run while warming up (the priority is restored
+before the sandbox is cloned). It never imports Corral, and imports only os, sys, time,
+marshal, struct, fcntl, _socket and ctypes, so that it starts in a few milliseconds. Messages
+in both directions are `marshal` dicts (the host is trusted; no user data is decoded here
+except as opaque strings).
 
 Life of one launcher (pid L):
 
@@ -406,8 +408,10 @@ def _sandbox_init(setup: _socket.socket, cfg: dict[str, object], fds: list[int],
 
 
 def main(argv: list[str]) -> int:
-    fd, server_pid = int(argv[1]), int(argv[2])
+    fd, server_pid, nice = int(argv[1]), int(argv[2]), int(argv[3])
     prctl(PR_SET_PDEATHSIG, SIGKILL)
+    priority = os.getpriority(os.PRIO_PROCESS, 0)  # the server's: restored before clone
+    os.setpriority(os.PRIO_PROCESS, 0, min(19, priority + nice))  # warming up is background
     os.umask(0o022)  # skeleton directories must be traversable by the sandbox user
     if os.getppid() != server_pid:
         return 1  # the server died before we could arm PDEATHSIG
@@ -450,6 +454,7 @@ def main(argv: list[str]) -> int:
     if cfg is None or cfg.get("op") != "spawn":
         return 0  # pool closed
     started = time.perf_counter()
+    os.setpriority(os.PRIO_PROCESS, 0, priority)  # the sandbox runs at the server's priority
     flags = (CLONE_PARENT | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
              | CLONE_NEWCGROUP | SIGCHLD)
     if cfg["netns"]:

@@ -539,6 +539,8 @@ def _update(lam: Any, name: str, existing: dict[str, Any], zipped: bytes, sha: s
             description: str | None) -> tuple[dict[str, Any], str]:
     """Update code (unless unchanged), wait, then configuration (if asked), wait."""
     waiter = lam.get_waiter("function_updated_v2")
+    if existing.get("LastUpdateStatus") == "InProgress":
+        waiter.wait(FunctionName=name, WaiterConfig=WAITER_CONFIG)  # a previous update
     changed = []
     if existing.get("CodeSha256") != sha:
         lam.update_function_code(FunctionName=name, ZipFile=zipped)

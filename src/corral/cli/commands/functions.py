@@ -61,6 +61,7 @@ def rm(names: tuple[str, ...], yes: bool, endpoint_url: str | None,
         listed = ", ".join(names)
         if not click.confirm(f"Delete {len(names)} function{'s' * (len(names) > 1)} "
                              f"({listed})?", default=False, err=True):
+            note("Nothing deleted.")
             raise click.exceptions.Exit(1)
     failed = False
     for name in names:

@@ -502,31 +502,51 @@ def logs(name: str, since: str, follow: bool, pattern: str | None, as_json: bool
          endpoint_url: str | None, data_dir: str | None) -> None:
     """Show what function NAME printed, invocation by invocation."""
     start_ms = parse_since(since)
+    if not follow:
+        _show(name, start_ms, pattern, as_json, endpoint_url, data_dir)
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        _follow(name, start_ms, pattern, as_json, endpoint_url, data_dir)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C (or SIGTERM) is how --follow ends
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _matcher(pattern: str | None) -> Callable[[Block], bool]:
+    """With --filter, only blocks that kept a (matching) line are shown."""
+    return lambda block: not pattern or bool(block.lines)
+
+
+def _show(name: str, start_ms: int, pattern: str | None, as_json: bool,
+          endpoint_url: str | None, data_dir: str | None) -> None:
+    connection = get_connection(endpoint_url, data_dir)
+    group = _log_group(connection.lambda_client(), name)
+    matched = _matcher(pattern)
+    events = fetch(connection.logs_client(), group, start_ms, pattern)
+    blocks = [b for b in group_events(events) if matched(b)]
+    if as_json:
+        echo_json([b.to_json() for b in blocks])
+        return
+    if not blocks:
+        note(f"No output from {name} since {format_timestamp(start_ms)}"
+             f"{' matching ' + repr(pattern) if pattern else ''} (see --since).")
+        return
+    renderer = Renderer()
+    for block in blocks:
+        renderer.block(block)
+
+
+def _follow(name: str, start_ms: int, pattern: str | None, as_json: bool,
+            endpoint_url: str | None, data_dir: str | None) -> None:
     connection = get_connection(endpoint_url, data_dir)
     group = _log_group(connection.lambda_client(), name)
     client = connection.logs_client()
-
-    def matched(block: Block) -> bool:
-        return not pattern or bool(block.lines)
-
-    if not follow:
-        blocks = [b for b in group_events(fetch(client, group, start_ms, pattern)) if matched(b)]
-        if as_json:
-            echo_json([b.to_json() for b in blocks])
-            return
-        if not blocks:
-            note(f"No output from {name} since {format_timestamp(start_ms)}"
-                 f"{' matching ' + repr(pattern) if pattern else ''} (see --since).")
-            return
-        renderer = Renderer()
-        for block in blocks:
-            renderer.block(block)
-        return
-
     cursor = FollowCursor(start_ms)
     grouper = LogGrouper()
-    printer = FollowPrinter(None if as_json else Renderer(), as_json=as_json, matched=matched)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    printer = FollowPrinter(None if as_json else Renderer(), as_json=as_json,
+                            matched=_matcher(pattern))
     try:
         while True:
             finished: list[Block] = []
@@ -537,7 +557,6 @@ def logs(name: str, since: str, follow: bool, pattern: str | None, as_json: bool
             sys.stdout.flush()
             time.sleep(POLL_INTERVAL_S)
     except KeyboardInterrupt:
-        printer.finished(grouper.flush())
+        printer.finished(grouper.flush())  # what arrived so far of unfinished invocations
         sys.stdout.flush()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        raise
