@@ -420,7 +420,7 @@ class CorralServer:
         from botocore.config import Config
 
         creds = self.credentials
-        return boto3.client(
+        return boto3.client(  # type: ignore[call-overload]
             service, endpoint_url=self.endpoint, region_name=REGION,
             aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
@@ -434,7 +434,8 @@ class CorralServer:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             conn.request("GET", "/_corral/health")
-            return json.loads(conn.getresponse().read())
+            found: dict[str, Any] = json.loads(conn.getresponse().read())
+            return found
         finally:
             conn.close()
 
@@ -447,7 +448,7 @@ class CorralServer:
         if resp.get("State") != "Active":
             lam.get_waiter("function_active_v2").wait(
                 FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-        return resp
+        return dict(resp)
 
 
 @dataclass

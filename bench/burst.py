@@ -80,8 +80,14 @@ def main() -> int:
     parser = bl.common_args(__doc__.split("\n")[0])
     parser.set_defaults(memory=128)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="bursts per side (default 3, quick 1)")
+    parser.add_argument("--no-settle", action="store_true",
+                        help="do not wait for the previous burst's instances to be torn down "
+                             "before the next burst (reproduces launcher failures under "
+                             "teardown)")
     args = parser.parse_args()
-    repeats = 1 if args.quick else 3
+    repeats = args.repeats or (1 if args.quick else 3)
     n = args.concurrency
     results: dict[str, list[dict[str, Any]]] = {"corral": [], "peer": []}
 
@@ -123,7 +129,7 @@ def main() -> int:
                             streams = set()
                             token = None
                             while True:
-                                kw = {"nextToken": token} if token else {}
+                                kw: dict[str, Any] = {"nextToken": token} if token else {}
                                 page = logs.describe_log_streams(
                                     logGroupName=f"/aws/lambda/{name}", **kw)
                                 streams |= {s["logStreamName"] for s in page["logStreams"]}
@@ -136,7 +142,7 @@ def main() -> int:
                         res["log_streams"] = len(streams)
                         lam.delete_function(FunctionName=name)
                         # let the retired instances go before the next burst (bounded)
-                        deadline = time.monotonic() + 60
+                        deadline = time.monotonic() + (0 if args.no_settle else 60)
                         while time.monotonic() < deadline:
                             inst = srv.health().get("instances", {})
                             if not inst.get("idle") and not inst.get("busy"):
@@ -175,12 +181,13 @@ def main() -> int:
             f"({'within' if wall is not None and wall <= 1.0 else 'over'} 1 s)")
     rows = []
     for side in ("corral", "peer"):
-        for r in results[side]:
-            rows.append([side, r["wall_s"], f"{r['answered_ok']}/{n}",
-                         bl.ms(r["latency_ms"].get("median")), bl.ms(r["latency_ms"].get("max")),
-                         r["cold"] if side == "corral" else "-",
-                         r["instances_after"] if side == "peer" else
-                         f"{r['instances_after']} / {r.get('log_streams')} streams"])
+        for run in results[side]:
+            rows.append([side, run["wall_s"], f"{run['answered_ok']}/{n}",
+                         bl.ms(run["latency_ms"].get("median")),
+                         bl.ms(run["latency_ms"].get("max")),
+                         run["cold"] if side == "corral" else "-",
+                         run["instances_after"] if side == "peer" else
+                         f"{run['instances_after']} / {run.get('log_streams')} streams"])
     bl.print_table(f"Burst: {n} concurrent first invocations (sandbox: {sandbox}, "
                    f"MemorySize {args.memory} MB)",
                    ["side", "wall s", "answered", "latency p50 ms", "max ms", "cold (Init)",
@@ -189,6 +196,7 @@ def main() -> int:
     bl.write_results(NAME, {
         "config": {"quick": args.quick, "sandbox_requested": args.sandbox, "sandbox": sandbox,
                    "memory_mb": args.memory, "concurrency": n, "repeats": repeats,
+                   "settle_between_bursts": not args.no_settle,
                    "peer": bl.peer_version()},
         "summary": {"corral_wall_s_median": wall, "peer_wall_s_median": med("peer", "wall_s"),
                     "ratio": bl.ratio(wall, med("peer", "wall_s")),

@@ -19,6 +19,7 @@ cold. Usage: .venv/bin/python bench/cold_start.py [--quick] [--sandbox auto|linu
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import json
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,11 +248,14 @@ def main() -> int:
                     samples[key + "_init"].append(init)
                 else:
                     errors.append(f"{key}: no Init Duration (not a cold start?)")
-                return json.loads(body)
+                return dict(json.loads(body))
 
             def corral_cleanup(name: str) -> None:
                 lam.delete_function(FunctionName=name)
                 time.sleep(0.15)  # let the retired instances go before the next timed invoke
+
+            def floor(key: str, argv: list[str]) -> None:
+                samples[key].append(time_exec(argv))
 
             def peer_cold(fn: str, key: str) -> None:
                 elapsed, status, body, _ = pclient.timed(peer.request(fn))
@@ -273,10 +278,11 @@ def main() -> int:
             bl.log(f"trivial Python: {n_py} cold starts per side")
             for i in range(n_py):
                 name = corral_fresh("cs-py", py_zip, "python3.11", "app.handler")
-                steps = [lambda name=name: corral_cold(name, "corral_py"),
-                         lambda i=i: peer_cold(f"py{i}", "peer_py"),
-                         lambda: samples["python_pass"].append(
-                             time_exec([bl.python311(), "-S", "-I", "-c", "pass"]))]
+                steps: list[Callable[[], object]] = [
+                    functools.partial(corral_cold, name, "corral_py"),
+                    functools.partial(peer_cold, f"py{i}", "peer_py"),
+                    functools.partial(floor, "python_pass",
+                                      [bl.python311(), "-S", "-I", "-c", "pass"])]
                 for step in (steps if i % 2 == 0 else steps[::-1]):
                     step()
                     time.sleep(0.05)
@@ -317,9 +323,9 @@ def main() -> int:
             bl.log(f"trivial Node.js: {n_node} cold starts per side")
             for i in range(n_node):
                 name = corral_fresh("cs-node", node_zip, "nodejs20.x", "index.handler")
-                steps = [lambda name=name: corral_cold(name, "corral_node"),
-                         lambda i=i: peer_cold(f"nd{i}", "peer_node"),
-                         lambda: samples["node_e0"].append(time_exec(["node", "-e", "0"]))]
+                steps = [functools.partial(corral_cold, name, "corral_node"),
+                         functools.partial(peer_cold, f"nd{i}", "peer_node"),
+                         functools.partial(floor, "node_e0", ["node", "-e", "0"])]
                 for step in (steps if i % 2 == 0 else steps[::-1]):
                     step()
                     time.sleep(0.05)

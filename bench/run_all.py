@@ -50,6 +50,7 @@ def run(names: list[str], quick: bool, sandbox: str, insecure: bool) -> dict[str
             cmd.append("--insecure")
         bl.log(f"=== {name}: {' '.join(cmd[1:])}")
         t0 = time.monotonic()
+        rc: int | str
         try:
             rc = subprocess.run(cmd, timeout=120 if quick else 600).returncode
         except subprocess.TimeoutExpired:
@@ -63,7 +64,8 @@ def load(name: str) -> dict[str, Any] | None:
     path = bl.RESULTS / f"{name}.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
 
 
 # ----------------------------------------------------------------------------------------------

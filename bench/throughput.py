@@ -78,7 +78,7 @@ def run_wrk(port: int, path: str, lua: Path, seconds: float,
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
-    data = json.loads(line.removeprefix("WRKJSON "))
+    data: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
     secs = data["duration_us"] / 1e6
     errors = data["connect"] + data["read"] + data["write"] + data["status"] + data["timeout"]
     data["ok"] = data["requests"] - data["status"]

@@ -237,6 +237,13 @@ class TestResponseMapping:
         status, _, body = request(url + "?mode=malformed")
         assert status == 502 and json.loads(body) == {"Message": "Internal Server Error"}
 
+    def test_head_has_no_body(self, echo_url):
+        """A HEAD request gets the status and headers without a body."""
+        _, url = echo_url
+        status, headers, body = request(url + "?mode=plain", "HEAD")
+        assert status == 200 and body == b""
+        assert header(headers, "content-type") == ["application/json"]
+
     def test_unknown_url_is_404(self, server):
         """An unknown URL id answers 404."""
         assert request(f"{server.endpoint}/lambda-url/{'x' * 32}/")[0] == 404

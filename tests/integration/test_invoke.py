@@ -65,7 +65,7 @@ class TestAddsNumbers:
                               "exec python3 -m awslambdaric app.handler\n")
         files["app.py"] = PY_ADD
         create(lam, name, files, runtime="provided.al2023", handler="app.handler",
-               executable=("bootstrap",))
+               executable=("bootstrap",), Timeout=15)
         resp = invoke(lam, name)
         assert resp["Body"] == b"30", resp["Body"]
         error = invoke(lam, name, payload=b'{"value1": 1}')

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +23,6 @@ from corral.runtimeapi.backend import (
     InvalidRequestId,
     InvalidStateTransition,
     NextInvocation,
-    PayloadTooLarge,
 )
 
 
@@ -41,12 +41,14 @@ class Reply:
 
 
 class RuntimeChannel(Protocol):
-    async def wait_ready(self) -> Reply:
-        """`ready` once init is done, or `init_error`."""
+    """Both methods return a future (no task per call: this is the warm path)."""
+
+    def wait_ready(self) -> asyncio.Future[Reply]:
+        """Resolves to `ready` once init is done, or `init_error`."""
         ...
 
-    async def invoke(self, invocation: NextInvocation) -> Reply:
-        """Deliver one event; return `response` or `error`."""
+    def invoke(self, invocation: NextInvocation) -> asyncio.Future[Reply]:
+        """Deliver one event; resolves to `response` or `error`."""
         ...
 
     async def close(self) -> None: ...
@@ -60,45 +62,94 @@ def _error_type_from_body(body: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _reply(header: dict[str, object], body: bytes) -> Reply:
+    kind = str(header.get("type"))
+    error_type = header.get("error_type")
+    if kind in ("error", "init_error") and not isinstance(error_type, str):
+        error_type = _error_type_from_body(body)
+    return Reply(kind, body, str(header.get("content_type") or "application/json"),
+                 error_type if isinstance(error_type, str) else None)
+
+
+class _FrameProtocol(asyncio.Protocol):
+    """Parses frames as bytes arrive and hands each to the waiting future, in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._frames: deque[Reply] = deque()
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= framing.PREFIX_SIZE:
+            try:
+                head_len, body_len = framing.decode_prefix(bytes(buffer[:framing.PREFIX_SIZE]))
+            except ValueError:
+                self._fail()
+                return
+            end = framing.PREFIX_SIZE + head_len + body_len
+            if len(buffer) < end:
+                return
+            try:
+                header = json.loads(buffer[framing.PREFIX_SIZE:framing.PREFIX_SIZE + head_len])
+            except ValueError:
+                self._fail()
+                return
+            body = bytes(buffer[framing.PREFIX_SIZE + head_len:end])
+            del buffer[:end]
+            self._deliver(_reply(header, body))
+
+    def _deliver(self, reply: Reply) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._waiter = None
+            waiter.set_result(reply)
+        else:
+            self._frames.append(reply)
+
+    def _fail(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ChannelClosed("runtime closed the control channel"))
+
+    def next_frame(self) -> asyncio.Future[Reply]:
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        if self._frames:
+            future.set_result(self._frames.popleft())
+        elif self._closed:
+            future.set_exception(ChannelClosed("runtime closed the control channel"))
+        else:
+            self._waiter = future
+        return future
+
+
 class FramedChannel:
     """Frames over the control socketpair."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+    def __init__(self, protocol: _FrameProtocol) -> None:
+        self._protocol = protocol
 
-    async def _open(self) -> None:
-        if self._reader is None:
-            self._reader, self._writer = await asyncio.open_unix_connection(
-                sock=self._sock, limit=framing.MAX_HEADER)
+    @classmethod
+    async def open(cls, sock: socket.socket) -> FramedChannel:
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_unix_connection(_FrameProtocol, sock=sock)
+        return cls(protocol)
 
-    async def _read(self) -> tuple[dict[str, object], bytes]:
-        assert self._reader is not None
-        try:
-            prefix = await self._reader.readexactly(framing.PREFIX_SIZE)
-            head_len, body_len = framing.decode_prefix(prefix)
-            header = json.loads(await self._reader.readexactly(head_len))
-            body = await self._reader.readexactly(body_len) if body_len else b""
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise ChannelClosed("runtime closed the control channel") from exc
-        return header, body
+    def wait_ready(self) -> asyncio.Future[Reply]:
+        return self._protocol.next_frame()
 
-    def _reply(self, header: dict[str, object], body: bytes) -> Reply:
-        kind = str(header.get("type"))
-        error_type = header.get("error_type")
-        if kind in ("error", "init_error") and not isinstance(error_type, str):
-            error_type = _error_type_from_body(body)
-        return Reply(kind, body, str(header.get("content_type") or "application/json"),
-                     error_type if isinstance(error_type, str) else None)
-
-    async def wait_ready(self) -> Reply:
-        await self._open()
-        header, body = await self._read()
-        return self._reply(header, body)
-
-    async def invoke(self, invocation: NextInvocation) -> Reply:
-        assert self._writer is not None
+    def invoke(self, invocation: NextInvocation) -> asyncio.Future[Reply]:
         header: dict[str, object] = {
             "type": "invoke", "id": invocation.request_id, "deadline_ms": invocation.deadline_ms,
             "arn": invocation.invoked_function_arn, "content_type": invocation.content_type,
@@ -109,19 +160,18 @@ class FramedChannel:
                            ("tenant_id", invocation.tenant_id)):
             if value is not None:
                 header[key] = value
-        try:
-            self._writer.write(framing.encode(header, invocation.body))
-            await self._writer.drain()
-        except ConnectionError as exc:
-            raise ChannelClosed("runtime closed the control channel") from exc
-        header_in, body = await self._read()
-        return self._reply(header_in, body)
+        reply = self._protocol.next_frame()
+        transport = self._protocol.transport
+        if transport is None or transport.is_closing():
+            if not reply.done():
+                reply.set_exception(ChannelClosed("runtime closed the control channel"))
+        else:
+            transport.write(framing.encode(header, invocation.body))
+        return reply
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        else:
-            self._sock.close()
+        if self._protocol.transport is not None:
+            self._protocol.transport.close()
 
 
 class RuntimeApiChannel:
@@ -153,14 +203,14 @@ class RuntimeApiChannel:
     def _take(self, request_id: str) -> asyncio.Future[Reply]:
         if request_id != self._current or self._reply is None or self._reply.done():
             raise InvalidRequestId(request_id)
+        self._current = None
         return self._reply
 
     def post_response(self, request_id: str, body: bytes, content_type: str | None) -> None:
-        future = self._take(request_id)
-        if len(body) > self.max_response_bytes:
-            future.set_result(Reply("too_large", str(len(body)).encode()))
-            raise PayloadTooLarge(request_id)
-        future.set_result(Reply("response", body, content_type or "application/json"))
+        # Oversized bodies never get here: the server reports them through post_error as
+        # Function.ResponseSizeTooLarge.
+        self._take(request_id).set_result(Reply("response", body, content_type or
+                                                "application/json"))
 
     def post_error(self, request_id: str, error_type: str | None, body: bytes) -> None:
         future = self._take(request_id)
@@ -174,17 +224,14 @@ class RuntimeApiChannel:
                                      error_type or _error_type_from_body(body)))
 
     # RuntimeChannel ----------------------------------------------------------------------------
-    async def wait_ready(self) -> Reply:
-        return await asyncio.shield(self._ready)
+    def wait_ready(self) -> asyncio.Future[Reply]:
+        return self._ready
 
-    async def invoke(self, invocation: NextInvocation) -> Reply:
+    def invoke(self, invocation: NextInvocation) -> asyncio.Future[Reply]:
         self._current = invocation.request_id
-        self._reply = asyncio.get_running_loop().create_future()
+        self._reply = reply = asyncio.get_running_loop().create_future()
         self._pending.put_nowait(invocation)
-        try:
-            return await self._reply
-        finally:
-            self._current = None
+        return reply
 
     async def close(self) -> None:
         server = self._server

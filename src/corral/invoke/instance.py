@@ -18,7 +18,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -132,6 +132,7 @@ class Instance:
         self._channel: RuntimeChannel | None = None
         self._init_failure: Reply | None = None
         self._exit: ExitStatus | None = None
+        self._exit_task: asyncio.Future[ExitStatus] | None = None
         self._timed_out = False
         self._partial = b""
         self._tail: bytearray | None = None
@@ -201,12 +202,13 @@ class Instance:
         sandbox = self._sandbox
         os.set_blocking(sandbox.log_fd, False)
         asyncio.get_running_loop().add_reader(sandbox.log_fd, self._on_log_readable)
+        self._exit_task = asyncio.ensure_future(sandbox.wait())
         if sandbox.runtime_api_socket is not None:
             channel = RuntimeApiChannel(self._settings.limits.response_max_bytes)
             await channel.serve(sandbox.runtime_api_socket)
             self._channel = channel
         else:
-            self._channel = FramedChannel(sandbox.control)
+            self._channel = await FramedChannel.open(sandbox.control)
         budget = self._settings.init_timeout_s + self.config.timeout_s
         reply = await self._race(self._channel.wait_ready(), budget)
         self.init_duration_ms = (self._clock() - started) * 1000
@@ -241,28 +243,39 @@ class Instance:
         return SandboxSpec(**{**spec.__dict__, "argv": self.runtime.argv(
             view.runtime_root, view.task_root), "env": env})
 
-    async def _race(self, operation: Coroutine[object, object, Reply], timeout: float) \
-            -> Reply | None:
-        """Await `operation` unless the sandbox exits or `timeout` passes first (→ None)."""
-        assert self._sandbox is not None
-        op_task = asyncio.ensure_future(operation)
-        exit_task = asyncio.ensure_future(self._sandbox.wait())
+    async def _race(self, operation: asyncio.Future[Reply], timeout: float) -> Reply | None:
+        """Await `operation` unless the sandbox exits or `timeout` passes first (→ None).
+
+        Callbacks and one timer instead of tasks: this runs on every warm invoke."""
+        assert self._sandbox is not None and self._exit_task is not None
+        exit_task = self._exit_task
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake(_: object = None) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        operation.add_done_callback(wake)
+        exit_task.add_done_callback(wake)
+        timer = asyncio.get_running_loop().call_later(timeout, wake)
         try:
-            done, _ = await asyncio.wait({op_task, exit_task}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            await done
         finally:
-            exit_task.cancel()
-        if op_task in done and op_task.exception() is None:
-            result: Reply = op_task.result()
-            return result
-        op_task.cancel()
-        if not done:
-            self._timed_out = True
-        elif exit_task in done and not exit_task.cancelled():
+            timer.cancel()
+            operation.remove_done_callback(wake)
+            exit_task.remove_done_callback(wake)
+        answered = operation.done()
+        if answered and not operation.cancelled() and operation.exception() is None:
+            return operation.result()
+        if not answered:
+            operation.cancel()
+        if exit_task.done():
             self._exit = exit_task.result()
-        elif op_task in done:  # channel broke: the runtime is exiting; collect its status
+        elif answered:  # the channel broke: the runtime is exiting; collect its status
             with contextlib.suppress(asyncio.TimeoutError):
-                self._exit = await asyncio.wait_for(self._sandbox.wait(), 2.0)
+                self._exit = await asyncio.wait_for(asyncio.shield(exit_task), 2.0)
+        else:
+            self._timed_out = True
         return None
 
     async def _die(self) -> None:
@@ -279,6 +292,8 @@ class Instance:
                 await channel.close()
         if sandbox is not None:
             await sandbox.destroy()
+        if self._exit_task is not None and not self._exit_task.done():
+            self._exit_task.cancel()
 
     async def destroy(self) -> None:
         """Kill and release the instance (idempotent)."""

@@ -55,6 +55,7 @@ from corral.triggers.httpmap import (
     ALL_METHODS,
     MAX_REQUEST_BYTES,
     HttpReply,
+    HttpRequest,
     MalformedResponse,
     json_reply,
     reply_v2,
@@ -451,7 +452,7 @@ class FunctionUrls:
             apply_cors(reply, config.cors, origin)
         return to_response(reply, request_id, head=head)
 
-    async def _invoke(self, config: UrlConfig, req: Any, request_id: str,
+    async def _invoke(self, config: UrlConfig, req: HttpRequest, request_id: str,
                       authorizer: dict[str, Any] | None) -> HttpReply:
         region = self._settings.region
         event = v2_event(req, route_key="$default", api_id=config.url_id,
