@@ -26,6 +26,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from corral.api.app import build_app
+from corral.api.invoke import InvokeFastPath
 from corral.config import Settings
 from corral.control.aliases import SqliteAliasRepo
 from corral.control.concurrency import ReservedConcurrency
@@ -186,7 +187,7 @@ class Runtime:
         shutil.rmtree(self.settings.run_dir, ignore_errors=True)
 
 
-def create_app(settings: Settings, factory: SandboxFactory | None = None) -> Starlette:
+def create_app(settings: Settings, factory: SandboxFactory | None = None) -> InvokeFastPath:
     runtime = Runtime(settings, factory)
     for module_name in FEATURES:
         install: Callable[[Runtime], Feature] = importlib.import_module(module_name).install
@@ -203,7 +204,7 @@ def create_app(settings: Settings, factory: SandboxFactory | None = None) -> Sta
     app = build_app(runtime.services, [r for f in runtime.features for r in f.routes])
     app.router.lifespan_context = lifespan
     app.state.runtime = runtime
-    return app
+    return InvokeFastPath(app, runtime.services)
 
 
 def serve(settings: Settings) -> None:
@@ -213,7 +214,7 @@ def serve(settings: Settings) -> None:
     lock = DataDirLock(settings.data_dir)
     try:
         app = create_app(settings)
-        report = app.state.runtime.factory.report()
+        report = app.app.state.runtime.factory.report()
         for line in report.lines():
             log.info("%s", line)
         lock.announce(settings.endpoint_url, report.implementation)

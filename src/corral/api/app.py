@@ -25,6 +25,7 @@ async def health(request: Request) -> Response:
 
 
 def build_app(services: Services, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    """Every API as one Starlette application (wrap it in `invoke.InvokeFastPath` to serve)."""
     routes: list[BaseRoute] = [
         *(extra_routes or []),
         *invoke.routes,

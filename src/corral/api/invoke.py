@@ -9,21 +9,30 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+from urllib.parse import parse_qs, unquote
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from corral.api.common import function_ref, services, signed_body
-from corral.control.arns import resolve_qualifier
+from corral.api.errors import error_response
+from corral.control.arns import parse_function_name, resolve_qualifier
 from corral.errors import (
     InvalidParameterValueException,
     InvalidRequestContentException,
+    LambdaApiError,
     RequestEntityTooLargeException,
+    ServiceException,
 )
+from corral.iam.sigv4 import SignedRequest
 from corral.model import LATEST, Invocation, new_request_id
 from corral.services import Services
 
+log = logging.getLogger(__name__)
 _INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 
 
@@ -63,26 +72,29 @@ def _enqueue(svc: Services, name: str, qualifier: str | None, payload: bytes) ->
     return request_id
 
 
-async def invoke(request: Request) -> Response:
-    svc = services(request)
-    body = await signed_body(request)
-    ref = function_ref(request)
-    qualifier = resolve_qualifier(ref, request.query_params.get("Qualifier"))
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+async def handle_invoke(svc: Services, raw_name: str, qualifier_param: str | None,
+                        headers: dict[str, str], body: bytes) -> Reply:
+    """Invoke with an already authenticated request; returns status, headers and body."""
+    ref = parse_function_name(unquote(raw_name))
+    qualifier = resolve_qualifier(ref, qualifier_param)
     config = svc.registry.resolve(ref.name, qualifier)
-    headers = request.headers
     invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
     if invocation_type not in _INVOCATION_TYPES:
         raise InvalidParameterValueException(
             f"1 validation error detected: Value '{invocation_type}' at 'invocationType' failed "
             "to satisfy constraint: Member must satisfy enum value set: "
             "[Event, RequestResponse, DryRun]")
+    version = config.version.encode()
     if invocation_type == "DryRun":
-        return Response(b"", status_code=204, headers={
-            "x-amzn-RequestId": new_request_id(), "X-Amz-Executed-Version": config.version})
+        return 204, [(b"x-amzn-requestid", new_request_id().encode()),
+                     (b"x-amz-executed-version", version)], b""
     if invocation_type == "Event":
         request_id = _enqueue(svc, ref.name, qualifier, body)
-        return Response(b"", status_code=202, headers={
-            "x-amzn-RequestId": request_id, "X-Amz-Executed-Version": config.version})
+        return 202, [(b"x-amzn-requestid", request_id.encode()),
+                     (b"x-amz-executed-version", version)], b""
     limit = svc.settings.limits.sync_payload_max_bytes
     if len(body) > limit:
         raise RequestEntityTooLargeException(
@@ -94,14 +106,74 @@ async def invoke(request: Request) -> Response:
         trace_id=headers.get("x-amzn-trace-id"),
         tail_log=headers.get("x-amz-log-type") == "Tail")
     result = await svc.scheduler.invoke(invocation)
-    out = {"x-amzn-RequestId": result.request_id, "X-Amz-Executed-Version":
-           result.executed_version}
+    out = [(b"x-amzn-requestid", result.request_id.encode()),
+           (b"x-amz-executed-version", result.executed_version.encode()),
+           (b"content-type", result.content_type.encode())]
     if result.function_error:
-        out["X-Amz-Function-Error"] = result.function_error
+        out.append((b"x-amz-function-error", result.function_error.encode()))
     if invocation.tail_log:
-        out["X-Amz-Log-Result"] = base64.b64encode(result.log_tail).decode()
-    return Response(result.payload, status_code=200, headers=out,
-                    media_type=result.content_type)
+        out.append((b"x-amz-log-result", base64.b64encode(result.log_tail)))
+    return 200, out, result.payload
+
+
+class InvokeFastPath:
+    """Serves Invoke straight from ASGI, ahead of Starlette's router and middleware; every
+    other request goes to `app`. Same behaviour, a fraction of the per-request work."""
+
+    _PREFIX = "/2015-03-31/functions/"
+    _SUFFIX = "/invocations"
+
+    def __init__(self, app: Starlette, svc: Services) -> None:
+        self.app = app  # the Starlette application with every other route
+        self.svc = svc
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (scope["type"] != "http" or scope["method"] != "POST"
+                or not path.startswith(self._PREFIX) or not path.endswith(self._SUFFIX)):
+            await self.app(scope, receive, send)
+            return
+        raw_name = path[len(self._PREFIX):-len(self._SUFFIX)]
+        if not raw_name or "/" in raw_name:
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            name = key.decode("latin-1")
+            text = value.decode("latin-1")
+            headers[name] = f"{headers[name]},{text}" if name in headers else text
+        query = scope["query_string"].decode("latin-1")
+        try:
+            raw_path = (scope.get("raw_path") or path.encode()).decode("latin-1")
+            self.svc.verifier.verify(SignedRequest(scope["method"], raw_path, query, headers,
+                                                   body))
+            qualifier = parse_qs(query).get("Qualifier", [None])[0] if query else None
+            status, out, payload = await handle_invoke(self.svc, raw_name, qualifier, headers,
+                                                       body)
+        except LambdaApiError as exc:
+            status, out, payload = _render(exc)
+        except Exception:  # the error boundary of this path, like Starlette's
+            log.exception("unhandled error on Invoke")
+            status, out, payload = _render(ServiceException("Internal error"))
+        out.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _render(exc: LambdaApiError) -> Reply:
+    response = error_response(exc)
+    return (response.status_code, [(k, v) for k, v in response.raw_headers
+                                   if k != b"content-length"], bytes(response.body))
 
 
 async def invoke_async(request: Request) -> Response:
@@ -116,7 +188,6 @@ async def invoke_async(request: Request) -> Response:
 
 
 routes = [
-    Route("/2015-03-31/functions/{name}/invocations", invoke, methods=["POST"]),
     Route("/2014-11-13/functions/{name}/invoke-async/", invoke_async, methods=["POST"]),
     Route("/2014-11-13/functions/{name}/invoke-async", invoke_async, methods=["POST"]),
 ]

@@ -182,7 +182,8 @@ class RuntimeApiChannel:
         loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[Reply] = loop.create_future()
         self._pending: asyncio.Queue[NextInvocation] = asyncio.Queue()
-        self._current: str | None = None
+        self._current: str | None = None  # the invocation awaiting a reply
+        self._delivered: str | None = None  # the last invocation handed to the runtime
         self._reply: asyncio.Future[Reply] | None = None
         self._server: object | None = None
 
@@ -195,10 +196,13 @@ class RuntimeApiChannel:
     async def next_invocation(self) -> NextInvocation:
         if not self._ready.done():
             self._ready.set_result(Reply("ready"))
-        if self._current is not None and self._reply is not None and not self._reply.done():
-            # A runtime asking for the next event without answering the current one.
+        if self._delivered is not None and self._delivered == self._current and \
+                self._reply is not None and not self._reply.done():
+            # The runtime asks for the next event without answering the one it was given.
             self._reply.set_exception(ChannelClosed("runtime asked for the next event early"))
-        return await self._pending.get()
+        invocation = await self._pending.get()
+        self._delivered = invocation.request_id
+        return invocation
 
     def _take(self, request_id: str) -> asyncio.Future[Reply]:
         if request_id != self._current or self._reply is None or self._reply.done():

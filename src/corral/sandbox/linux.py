@@ -54,8 +54,10 @@ DEFAULT_TMP_MB = 512
 REFILL_DELAY_S = 0.1  # start replacement launchers after the instance's runtime is up
 BACKGROUND_NICE = 10  # launchers while warm, image formatting, cgroup recycling
 _MSG_MAX = 1 << 16
-# paths the function may not ask to have bound over (extra_ro_paths)
+# extra_ro_paths may not be these, under them, or above them (binding /var would hide /var/task)
 _RESERVED = ("/etc", "/proc", "/dev", "/tmp", "/var/task", "/var/runtime", "/opt")
+# extra_ro_paths under these are visible already (the /usr bind and the bin/lib links)
+_VISIBLE = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 _PROC_MASKS = ("kcore", "timer_list", "sysrq-trigger", "sched_debug")
 _ETC_COPY = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
              "ssl/certs", "ssl/openssl.cnf", "pki/tls/certs", "pki/ca-trust/extracted",
@@ -71,6 +73,10 @@ services: files
 ethers: files
 rpc: files
 """
+
+
+def _under(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in roots)
 
 
 def _default_python() -> str:
@@ -299,7 +305,11 @@ class LinuxSandbox:
             for fd in received:
                 os.close(fd)
         self.setup_timings["host_eof"] = round((time.perf_counter() - begin) * 1000, 3)
-        shell.proc.wait()  # the launcher exits right after reporting the pid
+        try:
+            shell.proc.wait(timeout=5)  # it closed its end: it is exiting (microseconds)
+        except subprocess.TimeoutExpired:
+            shell.proc.kill()
+            shell.proc.wait()
         shell.sock.close()
         self._shell = None
         if self._spare is not None:
@@ -548,9 +558,8 @@ class LinuxSandboxFactory:
             overlay = [str(p) for p in reversed(spec.layer_dirs)]  # later layers win
         for path in spec.extra_ro_paths:
             text = os.path.normpath(str(path))
-            if text == "/usr" or text.startswith("/usr/"):
-                continue  # already visible
-            binds.append([text, text, path.is_dir()])
+            if not _under(text, _VISIBLE):
+                binds.append([text, text, path.is_dir()])
         return {
             "op": "spawn",
             "root": str(self._root),
@@ -768,7 +777,8 @@ class LinuxSandboxFactory:
             text = os.path.normpath(str(path))
             if not path.is_absolute() or not path.exists():
                 raise SandboxError(f"{path} is not an existing absolute path")
-            if text == "/" or any(text == r or text.startswith(r + "/") for r in _RESERVED):
+            if _under(text, _RESERVED) or any(r.startswith(text.rstrip("/") + "/")
+                                               for r in _RESERVED):
                 raise SandboxError(f"{path} cannot be bound into the sandbox")
 
     async def spawn(self, spec: SandboxSpec) -> LinuxSandbox:

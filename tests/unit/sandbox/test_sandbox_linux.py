@@ -187,7 +187,8 @@ def test_invalid_specs_are_rejected(factory: Any, dirs: Dirs) -> None:
 
     async def scenario() -> None:
         for overrides in ({"network": "bridge"}, {"code_dir": Path("/nonexistent")},
-                          {"extra_ro_paths": (Path("/etc"),)}, {"argv": []}):
+                          {"extra_ro_paths": (Path("/etc"),)}, {"extra_ro_paths": (Path("/"),)},
+                          {"extra_ro_paths": (Path("/var"),)}, {"argv": []}):
             with pytest.raises(SandboxError):
                 await factory.spawn(spec_for(dirs, "pass", **overrides))
 

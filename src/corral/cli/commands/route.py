@@ -37,7 +37,11 @@ def route() -> None:
 @connection_options
 def add(api: str, route_key: str, function: str, payload_format: str, as_json: bool,
         endpoint_url: str | None, data_dir: str | None) -> None:
-    """Add (or replace) ROUTE_KEY, e.g. "GET /items/{id}", "ANY /{proxy+}" or "$default"."""
+    """Add or replace a route and print its URL.
+
+    ROUTE_KEY is a method and a path such as "GET /items/{id}" or "ANY /files/{proxy+}", or
+    "$default" for requests no other route matches.
+    """
     conn = get_connection(endpoint_url, data_dir)
     created = corral_request(conn, "PUT", f"/_corral/apis/{quote(api, safe='')}/routes",
                              {"RouteKey": route_key, "FunctionName": function,
