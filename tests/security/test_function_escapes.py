@@ -186,9 +186,12 @@ class TestIntegrity:
 
 
 class TestResources:
-    def test_fork_bomb_is_contained(self, probe):
+    def test_fork_bomb_is_contained(self, server):
         """A fork bomb hits the pids limit; the function and the server carry on."""
-        lam, name = probe
+        lam = server.client()
+        name = unique("forkbomb")
+        # 512 MB so that the pids limit, not the memory limit, is what stops the bomb.
+        create(lam, name, {"app.py": PROBE}, Timeout=30, MemorySize=512)
         result = call(lam, name, kind="forkbomb")[1]
         assert result["errno"] == 11  # EAGAIN
         assert result["forked"] < 1100

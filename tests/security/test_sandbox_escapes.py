@@ -413,8 +413,9 @@ print(json.dumps({"written": written, "error": error,
 
 
 def test_mount_ptrace_unshare_and_raw_sockets_fail(host: Host) -> None:
-    """Mounting, ptrace (TRACEME and ATTACH), unshare, setns, chroot, raw and packet sockets,
-    bpf, keyrings, perf, module loading and reboot all fail with EPERM."""
+    """Mounting, ptrace (TRACEME and ATTACH), unshare, setns, chroot, raw, packet and vsock
+    sockets (vsock would reach the hypervisor), bpf, keyrings, perf, module loading and
+    reboot all fail with EPERM."""
     result = run_json(host, PRELUDE + """
 import platform, time
 child = os.fork()
@@ -436,6 +437,7 @@ out = {
     "raw_socket": err(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)),
     "raw6_socket": err(lambda: socket.socket(socket.AF_INET6, socket.SOCK_RAW, 58)),
     "packet_socket": err(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW)),
+    "vsock_socket": err(lambda: socket.socket(40, socket.SOCK_STREAM)),
     "setuid0": err(lambda: os.setuid(0)),
     "reboot": err(lambda: libc.reboot(0x4321fedc)),
     "sethostname": err(lambda: libc.sethostname(b"evil", 4)),

@@ -93,6 +93,7 @@ class Layout:
     v1: dict[str, Path]  # controller -> directory of *this process's* cgroup in that hierarchy
     v2: Path | None  # this process's cgroup in the unified hierarchy
     v2_controllers: frozenset[str]  # controllers the unified hierarchy offers
+    mounts: tuple[Path, ...] = ()  # where the hierarchies above are mounted (for sweeping)
 
     def describe(self) -> str:
         if self.version == 1:
@@ -128,6 +129,7 @@ def detect_layout() -> Layout:
     v1: dict[str, Path] = {}
     v2: Path | None = None
     v2_controllers: frozenset[str] = frozenset()
+    mounts: list[Path] = []
     for line in _read(Path("/proc/self/mountinfo")).splitlines():
         left, _, right = line.partition(" - ")
         fields, rfields = left.split(), right.split()
@@ -138,8 +140,10 @@ def detect_layout() -> Layout:
             for controller in CONTROLLERS:
                 if controller in options and controller not in v1 and controller in own_v1:
                     v1[controller] = _join(mount, root, own_v1[controller])
+                    mounts.append(Path(mount))
         elif fstype == "cgroup2" and v2 is None and own_v2 is not None:
             v2 = _join(mount, root, own_v2)
+            mounts.append(Path(mount))
             try:
                 names = _read(Path(mount) / "cgroup.controllers").split()
             except OSError:
@@ -150,7 +154,8 @@ def detect_layout() -> Layout:
         version = 1
     elif v2 is not None and "memory" in v2_controllers:
         version = 2
-    return Layout(version=version, v1=v1, v2=v2, v2_controllers=v2_controllers)
+    return Layout(version=version, v1=v1, v2=v2, v2_controllers=v2_controllers,
+                  mounts=tuple(mounts))
 
 
 class Cgroup(ABC):
@@ -221,22 +226,42 @@ class CgroupDriver(ABC):
     def close(self) -> None: ...
 
 
-def _sweep_stale(directory: Path) -> None:
-    """Remove `corral-<pid>-*` parents left by a server that died without cleaning up."""
+def _stale_owner(name: str) -> bool:
+    """`corral-<pid>-<n>` whose creating server is gone."""
+    if not name.startswith(PARENT_PREFIX):
+        return False
     try:
-        entries = list(directory.iterdir())
+        pid = int(name.split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    return pid != os.getpid() and not Path(f"/proc/{pid}").exists()
+
+
+def _has_tasks(directory: Path) -> bool:
+    for root, _dirs, _files in os.walk(directory):
+        if _read_pids(Path(root) / "cgroup.procs"):
+            return True
+    return False
+
+
+def sweep_stale(top: Path, depth: int = 4) -> list[Path]:
+    """Remove the task-free `corral-<pid>-*` parents of servers that died (SIGKILL leaves them:
+    the sandboxes die with the server, their cgroup directories do not), searching `top` to
+    `depth` levels. Trees that still hold tasks are left alone. Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = [e for e in top.iterdir() if e.is_dir()]
     except OSError:
-        return
+        return removed
     for entry in entries:
-        if not entry.name.startswith(PARENT_PREFIX):
-            continue
-        try:
-            pid = int(entry.name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if pid == os.getpid() or Path(f"/proc/{pid}").exists():
-            continue
-        _remove_tree(entry)
+        if entry.name.startswith(PARENT_PREFIX):
+            if _stale_owner(entry.name) and not _has_tasks(entry):
+                with contextlib.suppress(OSError):
+                    _remove_tree(entry)
+                    removed.append(entry)
+        elif depth > 1:
+            removed += sweep_stale(entry, depth - 1)
+    return removed
 
 
 def _remove_tree(directory: Path) -> None:
@@ -349,14 +374,16 @@ class V1Driver(CgroupDriver):
 
     version = 1
 
-    def __init__(self, own: dict[str, Path], parent_name: str | None = None) -> None:
+    def __init__(self, own: dict[str, Path], parent_name: str | None = None,
+                 sweep: tuple[Path, ...] = ()) -> None:
         self._parents: dict[str, Path] = {}
         self._name = parent_name or f"{PARENT_PREFIX}{os.getpid()}-{next(_counter)}"
         try:
+            for top in sweep or tuple(own.values()):
+                sweep_stale(top)
             for controller, directory in own.items():
                 if controller not in CONTROLLERS:
                     continue
-                _sweep_stale(directory)
                 parent = directory / self._name
                 parent.mkdir()
                 self._parents[controller] = parent
@@ -495,9 +522,11 @@ class V2Driver(CgroupDriver):
 
     version = 2
 
-    def __init__(self, own: Path, parent_name: str | None = None) -> None:
+    def __init__(self, own: Path, parent_name: str | None = None,
+                 sweep: tuple[Path, ...] = ()) -> None:
         self._name = parent_name or f"{PARENT_PREFIX}{os.getpid()}-{next(_counter)}"
-        _sweep_stale(own)
+        for top in sweep or (own,):
+            sweep_stale(top)
         offered = frozenset(_read(own / "cgroup.controllers").split()) & set(CONTROLLERS)
         self._parent: Path | None = own / self._name
         self._parent.mkdir()
@@ -534,9 +563,9 @@ def open_driver(layout: Layout | None = None) -> CgroupDriver:
     """The driver for the hierarchy that owns the memory controller on this host."""
     layout = layout or detect_layout()
     if layout.version == 1:
-        return V1Driver(layout.v1)
+        return V1Driver(layout.v1, sweep=layout.mounts)
     if layout.version == 2 and layout.v2 is not None:
-        return V2Driver(layout.v2)
+        return V2Driver(layout.v2, sweep=layout.mounts)
     raise OSError(errno.ENOENT, "no cgroup hierarchy with the memory controller is mounted")
 
 

@@ -17,7 +17,9 @@ Policy (default allow, then deny what an unprivileged function never needs):
 * `clone3` -> ENOSYS (its flags live in memory the filter cannot read; libc falls back to
   `clone`, whose flags are checked);
 * `socket(AF_PACKET, ...)` and `SOCK_RAW`/`SOCK_PACKET` sockets of AF_INET/AF_INET6 -> EPERM
-  (also impossible without CAP_NET_RAW, which the sandbox does not have).
+  (also impossible without CAP_NET_RAW, which the sandbox does not have);
+* `socket(AF_VSOCK, ...)` -> EPERM: vsock is not scoped by network namespaces, and on a VM
+  host it reaches the hypervisor's services even from `network=none`.
 
 Most of these already fail because the sandbox has no capabilities; the filter is the second
 wall, and it removes attack surface (io_uring, bpf, perf, userfaultfd, keyrings) that is
@@ -70,6 +72,7 @@ NAMESPACE_FLAGS = (CLONE_NEWTIME | CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS 
 AF_INET = 2
 AF_INET6 = 10
 AF_PACKET = 17
+AF_VSOCK = 40
 SOCK_RAW = 3
 SOCK_PACKET = 10
 _SOCK_TYPE_MASK = 0xF
@@ -216,6 +219,7 @@ def build(arch: str | None = None) -> bytes:
     a.label("socket")
     a.stmt(_LD_W_ABS, _arg_lo(0))
     a.jump(_JEQ_K, AF_PACKET, jt="eperm")
+    a.jump(_JEQ_K, AF_VSOCK, jt="eperm")
     a.jump(_JEQ_K, AF_INET, jt="inet")
     a.jump(_JEQ_K, AF_INET6, jt="inet")
     a.stmt(_RET_K, RET_ALLOW)

@@ -4,6 +4,7 @@ and pids controllers, the v2 driver on the (controller-less) unified tree for wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -109,20 +110,37 @@ def test_v1_pool_reuses_and_cleans_up(v1: cgroups.V1Driver) -> None:
     assert not any(p.exists() for p in parents)
 
 
-def test_stale_parents_of_dead_servers_are_swept() -> None:
-    """A `corral-<pid>-N` parent left by a server that died is removed by the next driver."""
+def test_stale_parents_of_dead_servers_are_swept(tmp_path: Path) -> None:
+    """Task-free `corral-<dead pid>-N` parents anywhere in the hierarchy (not only in our own
+    cgroup) are removed by the next driver; ones with tasks or a live owner are kept."""
     layout = cgroups.detect_layout()
     if os.geteuid() != 0 or layout.version != 1:
         pytest.skip("needs root and a cgroup v1 memory hierarchy")
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = layout.v1["pids"] / f"corral-{dead.pid}-0"
+    pids_root = layout.v1["pids"]
+    nested = pids_root / f"other-test-{os.getpid()}"  # stands in for another process's cgroup
+    stale = nested / f"corral-{dead.pid}-0"
     (stale / "i0").mkdir(parents=True)
-    driver = cgroups.V1Driver(layout.v1)
+    busy = pids_root / f"corral-{dead.pid}-1"
+    (busy / "i0").mkdir(parents=True)
+    alive = pids_root / f"corral-{os.getppid()}-7"
+    alive.mkdir()
+    sleeper = _sleeper()
     try:
-        assert not stale.exists()
+        (busy / "i0" / "cgroup.procs").write_text(str(sleeper.pid))
+        driver = cgroups.V1Driver(layout.v1, sweep=(pids_root,))
+        try:
+            assert not stale.exists()
+            assert busy.exists() and alive.exists()
+        finally:
+            driver.close()
     finally:
-        driver.close()
+        sleeper.kill()
+        sleeper.wait()
+        for leftover in (busy / "i0", busy, alive, nested):
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
 
 
 @pytest.fixture

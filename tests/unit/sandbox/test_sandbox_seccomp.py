@@ -96,7 +96,7 @@ def _socket_errno(family: int, kind: int, proto: int = 0) -> str:
 @pytest.mark.skipif(os.geteuid() != 0, reason="only meaningful when the calls would succeed")
 def test_filtered_child_gets_eperm() -> None:
     """As root (where they would succeed) the denied calls fail with EPERM; clone3 with ENOSYS;
-    ordinary fork, TCP and netlink sockets still work."""
+    packet, raw and vsock sockets are refused; fork, TCP and netlink sockets still work."""
 
     def probe() -> dict[str, Any]:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -113,6 +113,7 @@ def test_filtered_child_gets_eperm() -> None:
             "clone3": _errno_of(lambda: libc.syscall(ctypes.c_long(nr["clone3"]), None, 0)),
             "raw": _socket_errno(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
             "packet": _socket_errno(socket.AF_PACKET, socket.SOCK_DGRAM),
+            "vsock": _socket_errno(40, socket.SOCK_STREAM),
             "tcp": _socket_errno(socket.AF_INET, socket.SOCK_STREAM),
             "netlink": _socket_errno(socket.AF_NETLINK, socket.SOCK_RAW),
         }
@@ -125,7 +126,8 @@ def test_filtered_child_gets_eperm() -> None:
     result = _in_filtered_child(probe)
     assert result == {"unshare": "EPERM", "mount": "EPERM", "umount2": "EPERM",
                       "ptrace": "EPERM", "clone_newuser": "EPERM", "clone3": "ENOSYS",
-                      "raw": "EPERM", "packet": "EPERM", "tcp": "OK", "netlink": "OK",
+                      "raw": "EPERM", "packet": "EPERM", "vsock": "EPERM", "tcp": "OK",
+                      "netlink": "OK",
                       "fork": 7}
 
 
