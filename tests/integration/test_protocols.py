@@ -7,6 +7,7 @@ import base64
 import json
 
 import pytest
+
 from functions import create, unique
 
 PROTOCOLS = {"framed": {}, "runtime-api": {"corral:protocol": "runtime-api"}}
