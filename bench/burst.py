@@ -142,7 +142,8 @@ def main() -> int:
                         res["log_streams"] = len(streams)
                         lam.delete_function(FunctionName=name)
                         # let the retired instances go before the next burst (bounded)
-                        deadline = time.monotonic() + (0 if args.no_settle else 60)
+                        last = r == repeats - 1
+                        deadline = time.monotonic() + (0 if args.no_settle or last else 60)
                         while time.monotonic() < deadline:
                             inst = srv.health().get("instances", {})
                             if not inst.get("idle") and not inst.get("busy"):

@@ -46,7 +46,7 @@ HEAVY_STDLIB = ("asyncio, email.mime.multipart, email.policy, http.server, urlli
                 "argparse, zipfile, tarfile, unittest, inspect, dataclasses, typing, "
                 "concurrent.futures, csv, uuid, pathlib, tempfile, pickle")
 HEAVY_MODULES = 20
-HEAVY_ITERATIONS = 6000
+HEAVY_ITERATIONS = 10000
 
 HEAVY_APP = f"""
 import time

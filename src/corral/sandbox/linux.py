@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import marshal
 import os
+import re
+import select
 import shutil
 import signal
 import socket
@@ -58,6 +60,16 @@ _MSG_MAX = 1 << 16
 _RESERVED = ("/etc", "/proc", "/dev", "/tmp", "/var/task", "/var/runtime", "/opt")
 # extra_ro_paths under these are visible already (the /usr bind and the bin/lib links)
 _VISIBLE = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+# Python instances fork from a per-interpreter zygote (see docs/sandbox.md, "Zygote"):
+# "python": the bootstrap command RuntimeInfo.argv builds; "any": every `-S -I -c CODE`
+# (tests); "off": every instance execs. The environment variable overrides the default.
+ZYGOTE_ENV = "CORRAL_SANDBOX_ZYGOTE"
+ZYGOTE_MODES = ("off", "python", "any")
+DEFAULT_ZYGOTE = "off"
+_BOOTSTRAP_CODE = re.compile(r"import sys; sys\.path\.insert\(0, '/[^'\\]*'\); "
+                             r"import python_bootstrap; python_bootstrap\.run\(\)")
+_PYTHON_NAME = re.compile(r"python3(\.\d+)?")
+ZYGOTE_START_ATTEMPTS = 3  # zygote restarts per interpreter before falling back to exec
 _PROC_MASKS = ("kcore", "timer_list", "sysrq-trigger", "sched_debug")
 _ETC_COPY = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
              "ssl/certs", "ssl/openssl.cnf", "pki/tls/certs", "pki/ca-trust/extracted",
@@ -148,14 +160,100 @@ def _lower_priority() -> None:
 class _Shell:
     """A warm launcher: nsinit.py waiting in its cgroup for one sandbox config."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket,
-                 cgroup: cgroups.Cgroup, image: ephemeral.Image | None) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes] | _ForkedProc, sock: socket.socket,
+                 cgroup: cgroups.Cgroup, image: ephemeral.Image | None,
+                 zygote: _Zygote | None = None) -> None:
         self.proc = proc
         self.sock = sock
         self.cgroup: cgroups.Cgroup | None = cgroup  # None once a sandbox took it over
         self.image = image  # mounted on the skeleton's /tmp once joined
         self.tmp_fd = -1  # the host's handle on that /tmp filesystem
         self.timings: dict[str, float] = {}
+        self.zygote = zygote  # the zygote this keeper was forked from, if any
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+        self.sock.close()
+        if isinstance(self.proc, _ForkedProc):
+            self.proc.close()
+
+
+class _ForkedProc:
+    """A keeper forked by a zygote: not a child of the server, so it is signalled and
+    watched through the pidfd the zygote sends (the zygote's kernel auto-reaps it)."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.pidfd = -1
+        self.returncode: int | None = None
+
+    def attach(self, pid: int, pidfd: int) -> None:
+        self.pid, self.pidfd = pid, pidfd
+
+    def exited(self) -> bool:
+        if self.returncode is None and self.pidfd >= 0:
+            if select.select([self.pidfd], [], [], 0)[0]:
+                self.returncode = 0
+        return self.returncode is not None
+
+    def kill(self) -> None:
+        if self.pidfd >= 0 and not self.exited():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.pidfd < 0:
+            return self.returncode
+        if self.returncode is None:
+            if not select.select([self.pidfd], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired("keeper", timeout or 0.0)
+            self.returncode = 0
+        return self.returncode
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+class _Zygote:
+    """A fork server for one interpreter: `<python3.X> -S -I nsinit.py zygote` (root,
+    single-threaded, environment empty, runtime modules preloaded). Never answers on its
+    own socket: each fork request carries the keeper's setup socket, on which the zygote
+    reports the keeper's pid and pidfd."""
+
+    def __init__(self, interpreter: str) -> None:
+        self.interpreter = interpreter
+        self.forks = 0
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [interpreter, "-S", "-I", str(NSINIT), "zygote", str(child.fileno()),
+                 str(os.getpid()), str(BACKGROUND_NICE)],
+                pass_fds=(child.fileno(),), env={}, cwd="/", stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            parent.close()
+            raise SandboxError(f"could not start the {interpreter} zygote: {exc}") from exc
+        finally:
+            child.close()
+        self.sock = parent
+        from corral.runtimes import RUNTIME_DIR
+
+        _send(parent, {"op": "preload", "runtime_dir": str(RUNTIME_DIR)})
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def fork(self, join: dict[str, Any], setup_end: socket.socket) -> None:
+        """Ask for one keeper; `setup_end` is its end of the setup socket (sent, not kept)."""
+        _send(self.sock, join, [setup_end.fileno()])
+        self.forks += 1
 
     def kill(self) -> None:
         if self.proc.returncode is None:

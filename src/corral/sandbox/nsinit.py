@@ -393,10 +393,17 @@ def _sandbox_init(setup: _socket.socket, cfg: dict[str, object], fds: list[int],
     argv = [str(a) for a in cfg["argv"]]  # type: ignore[attr-defined]
     env = {str(k): str(v) for k, v in cfg["env"].items()}  # type: ignore[attr-defined]
     marks["fds"] = time.perf_counter()
-    send(setup, {"op": "exec", "timings_ms": {
-        key: round((value - started) * 1000, 3) for key, value in marks.items()}})
     program = cfg["seccomp"]
     assert isinstance(program, bytes)
+    if cfg.get("zygote"):  # forked from a zygote: run the runtime in this process
+        load_seccomp(program)
+        marks["seccomp"] = time.perf_counter()
+        send(setup, {"op": "exec", "timings_ms": {
+            key: round((value - started) * 1000, 3) for key, value in marks.items()}})
+        os.close(setup.detach())  # the host's EOF is the keeper's business now
+        run_in_process(argv, env)  # never returns
+    send(setup, {"op": "exec", "timings_ms": {
+        key: round((value - started) * 1000, 3) for key, value in marks.items()}})
     load_seccomp(program)
     try:
         if "/" in argv[0]:
@@ -405,6 +412,311 @@ def _sandbox_init(setup: _socket.socket, cfg: dict[str, object], fds: list[int],
             os.execvpe(argv[0], argv, env)
     except OSError as exc:
         raise OSError(exc.errno, f"exec {argv[0]}: {exc.strerror}") from None
+
+
+# ------------------------------------------------------------------------------- zygote
+
+_BASE_PATH: list[str] = []  # sys.path of the zygote at start, before any preloading
+ZYGOTE_PRELOAD = ("json", "struct", "io", "traceback", "logging", "select", "signal")
+
+
+def _reseed() -> None:
+    """Per-process state a fork duplicates. `os.fork` already runs the at-fork hooks (the
+    `random` module reseeds itself there); do it again explicitly, and for every other
+    generator the zygote may hold."""
+    rnd = sys.modules.get("random")
+    if rnd is not None:
+        rnd.seed()  # from os.urandom
+    tmp = sys.modules.get("tempfile")
+    if tmp is not None:
+        tmp._name_sequence = None  # type: ignore[attr-defined]
+
+
+def _coerce_locale(env: dict[str, str]) -> None:
+    """What a fresh interpreter does at start (PEP 538): LC_CTYPE from the environment, and
+    C.UTF-8 when that is the C locale."""
+    import _locale
+
+    try:
+        _locale.setlocale(_locale.LC_CTYPE, "")
+    except Exception:  # _locale.Error
+        pass
+    current = _locale.setlocale(_locale.LC_CTYPE)
+    if current in ("C", "POSIX") and not env.get("LC_ALL"):
+        for name in ("C.UTF-8", "C.utf8", "UTF-8"):
+            try:
+                _locale.setlocale(_locale.LC_CTYPE, name)
+            except Exception:  # _locale.Error
+                continue
+            os.environ["LC_CTYPE"] = name
+            break
+
+
+def _finalize(code: object) -> None:
+    """Interpreter shutdown as `python -c` does it, then _exit: wait for non-daemon threads,
+    run atexit callbacks, flush stdio. Never returns."""
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code & 0xFF
+    else:
+        try:
+            sys.stderr.write(f"{code}\n")
+        except BaseException:
+            pass
+        status = 1
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+    except BaseException:
+        pass
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BaseException:
+            pass
+    os._exit(status)
+
+
+def run_in_process(argv: list[str], env: dict[str, str]) -> None:
+    """Become `argv` = `<python> -S -I -c CODE` without exec: the environment, sys.argv,
+    sys.path and __main__ a fresh interpreter would have, then run CODE. Never returns."""
+    code: object = 0
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        _coerce_locale(env)
+        _reseed()
+        sys.argv[:] = ["-c"]
+        try:
+            sys.orig_argv[:] = argv
+        except AttributeError:
+            pass
+        sys.path[:] = _BASE_PATH
+        sys.path_importer_cache.clear()
+        main_module = type(sys)("__main__")
+        main_module.__dict__["__builtins__"] = __builtins__
+        sys.modules["__main__"] = main_module
+        for name in ("python_bootstrap", "framing"):
+            sys.modules.pop(name, None)
+        source = argv[4]
+        exec(compile(source, "<string>", "exec"), main_module.__dict__)
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:
+        try:
+            sys.excepthook(*sys.exc_info())
+        except BaseException:
+            pass
+        code = 1
+    _finalize(code)
+
+
+def _wait_status(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 0x7F00  # exit status 127: cannot happen, it is our child
+
+
+def keeper(sock: _socket.socket, join: dict[str, object], priority: int) -> int:
+    """A process forked by the zygote (pid K): warm like a launcher, then on spawn the
+    parent and reaper of the sandbox init, reporting its wait status to the host."""
+    begin = time.perf_counter()
+    try:
+        for path in join["procs"]:  # type: ignore[attr-defined]
+            with open(path, "w") as f:
+                f.write("0")
+        joined = time.perf_counter()
+        _check(int(libc.unshare(ctypes.c_int(CLONE_NEWNS))), "unshare")
+        mount(None, "/", None, MS_REC | MS_SLAVE)
+        tmp_fd = build_skeleton(join)
+    except OSError as exc:
+        try:
+            send(sock, {"op": "error", "msg": f"preparing the sandbox: {exc}"})
+        except OSError:
+            pass
+        return 1
+    try:
+        send(sock, {"op": "joined", "join_ms": round((joined - begin) * 1000, 3),
+                    "skeleton_ms": round((time.perf_counter() - joined) * 1000, 3)},
+             (tmp_fd,) if tmp_fd >= 0 else ())
+    except OSError:
+        return 0
+    premounted = tmp_fd >= 0
+    if premounted:
+        os.close(tmp_fd)
+    try:
+        cfg, fds = recv(sock)
+    except OSError:
+        return 0
+    if cfg is None or cfg.get("op") != "spawn":
+        return 0
+    started = time.perf_counter()
+    prctl(PR_SET_PDEATHSIG, 0)  # from now on the instance outlives a zygote restart
+    os.setpriority(os.PRIO_PROCESS, 0, priority)
+    oom = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP
+    if cfg["netns"]:
+        flags |= CLONE_NEWNET
+    try:
+        _check(int(libc.unshare(ctypes.c_int(flags))), "unshare")
+        pid = os.fork()
+    except OSError as exc:
+        send(sock, {"op": "error", "msg": str(exc)})
+        return 1
+    if pid == 0:
+        os.close(oom)
+        sandbox_init(sock, cfg, fds, started, premounted)  # never returns
+    pidfd = os.pidfd_open(pid)
+    for fd in fds:  # the log pipe and the control socket belong to the init alone
+        os.close(fd)
+    try:
+        os.write(oom, b"-1000")  # a memory cgroup OOM picks the function, never its keeper
+    except OSError:
+        pass
+    os.close(oom)
+    try:
+        send(sock, {"op": "pid", "pid": pid, "keeper": os.getpid()}, (pidfd,))
+    except OSError:
+        pass
+    import select as _select
+
+    poller = _select.poll()
+    poller.register(pidfd, _select.POLLIN)
+    poller.register(sock.fileno(), _select.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if pidfd in events:
+            status = _wait_status(pid)
+            try:
+                send(sock, {"op": "exit", "status": status})
+            except OSError:
+                pass
+            return 0
+        if sock.fileno() in events:
+            try:
+                message, extra = recv(sock)
+            except OSError:
+                message, extra = None, []
+            for fd in extra:
+                os.close(fd)
+            if message is None:  # the host is gone: so is the instance
+                try:
+                    signal_pidfd(pidfd, SIGKILL)
+                except OSError:
+                    pass
+                _wait_status(pid)
+                return 0
+
+
+def signal_pidfd(pidfd: int, signum: int) -> None:
+    import signal as _signal
+
+    _signal.pidfd_send_signal(pidfd, signum)
+
+
+def zygote_main(argv: list[str]) -> int:
+    """`python3.X -S -I nsinit.py zygote FD PPID NICE`: a fork server for one interpreter.
+
+    Root, single-threaded, no secrets: it preloads the runtime's modules, then for each
+    `{"op": "fork", ...join}` with a setup socket attached forks a keeper that joins the
+    cgroup and builds the skeleton off the request path. It tells the host the keeper's pid
+    (with a pidfd) on that setup socket, and never answers on its own socket."""
+    fd, server_pid, nice = int(argv[2]), int(argv[3]), int(argv[4])
+    prctl(PR_SET_PDEATHSIG, SIGKILL)
+    priority = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, min(19, priority + nice))
+    os.umask(0o022)
+    if os.getppid() != server_pid:
+        return 1
+    _BASE_PATH[:] = sys.path
+    import signal as _signal
+
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)  # keepers are reaped by the kernel
+    sock = _socket.socket(fileno=fd)
+    while True:
+        try:
+            message, fds = recv(sock)
+        except OSError:
+            return 0
+        if message is None:
+            return 0
+        op = message.get("op")
+        if op == "preload":
+            _preload(message)
+        elif op == "fork" and len(fds) == 1:
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                child = _socket.socket(fileno=fds[0])
+                try:
+                    send(child, {"op": "error", "msg": f"zygote fork: {exc}"})
+                except OSError:
+                    pass
+                child.close()
+                continue
+            if pid == 0:
+                code = 1
+                try:
+                    sock.close()
+                    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+                    prctl(PR_SET_PDEATHSIG, SIGKILL)  # while warm: dies with the zygote
+                    child = _socket.socket(fileno=fds[0])
+                    code = keeper(child, message, priority)
+                except BaseException as exc:
+                    try:
+                        sys.stderr.write(f"corral zygote keeper: {exc!r}\n")
+                    except BaseException:
+                        pass
+                os._exit(code)
+            child = _socket.socket(fileno=fds[0])
+            try:
+                pidfd = os.pidfd_open(pid)
+                send(child, {"op": "forked", "pid": pid}, (pidfd,))
+                os.close(pidfd)
+            except OSError:
+                pass
+            child.close()
+            continue
+        for extra in fds:
+            os.close(extra)
+
+
+def _preload(message: dict[str, object]) -> None:
+    """Import what every instance imports, so the children start with it (best effort)."""
+    begin = time.perf_counter()
+    for name in ZYGOTE_PRELOAD:
+        try:
+            __import__(name)
+        except Exception:
+            pass
+    path = str(message.get("runtime_dir") or "")
+    if path:
+        sys.path.insert(0, path)
+        try:
+            for name in ("framing", "python_bootstrap"):
+                try:
+                    __import__(name)
+                except Exception:
+                    pass
+        finally:
+            sys.path[:] = _BASE_PATH
+            for name in ("framing", "python_bootstrap"):
+                sys.modules.pop(name, None)
+            sys.path_importer_cache.clear()
+    _ = begin
 
 
 def main(argv: list[str]) -> int:
@@ -471,4 +783,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    os._exit(main(sys.argv))
+    os._exit(zygote_main(sys.argv) if sys.argv[1:2] == ["zygote"] else main(sys.argv))
