@@ -625,6 +625,8 @@ class Peer:
                "SLS_INTERACTIVE_SETUP_DISABLE": "1", "AWS_ACCESS_KEY_ID": "x",
                "AWS_SECRET_ACCESS_KEY": "x", "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
         env.pop("VIRTUAL_ENV", None)
+        # Not in a Corral sandbox either; it makes every Node.js start load a CA bundle.
+        env.pop("NODE_EXTRA_CA_CERTS", None)
         self.log_path = self.dir / "offline.log"
         logf = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
         self.proc = subprocess.Popen(

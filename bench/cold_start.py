@@ -10,7 +10,8 @@ one Invoke over a keep-alive `http.client` connection with a request signed befo
   then a *further* instance of the same version (the first instance is kept busy by a `hold`
   request while the timed invoke runs, forcing a second instance);
 * trivial Node.js handler vs `node -e 0` (the target's floor) and vs serverless-offline;
-* floors measured in the same run: `python3 -S -I -c pass`, `node -e 0`.
+* floors measured in the same run, with a clean environment: `python3.11 -S -I -c pass`,
+  `node -e 0`.
 
 Corral and the peer alternate within each iteration (the order flips every iteration). Corral's
 requests ask for `LogType=Tail` so the REPORT line's `Init Duration` confirms each timed invoke was
@@ -128,10 +129,15 @@ def standalone_import_ms(tree: Path, runs: int) -> list[float]:
     return out
 
 
+# The floors run with a clean environment, like a sandboxed runtime: inherited variables can
+# change them a lot (NODE_EXTRA_CA_CERTS alone makes `node -e 0` load a CA bundle: +60 ms here).
+FLOOR_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
 def time_exec(argv: list[str]) -> float:
     t0 = time.perf_counter_ns()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=60)
+                   timeout=60, env=FLOOR_ENV)
     return (time.perf_counter_ns() - t0) / 1e6
 
 
@@ -179,7 +185,7 @@ def main() -> int:
         "corral_py", "peer_py", "corral_py_init", "corral_heavy_first", "corral_heavy_first_init",
         "corral_heavy_further", "corral_heavy_further_init", "peer_heavy_first",
         "peer_heavy_further", "corral_node", "corral_node_init", "peer_node", "node_e0",
-        "python_pass", "heavy_import_in_instance")}
+        "python_pass", "heavy_import_in_instance", "heavy_import_standalone")}
     errors: list[str] = []
 
     with bl.workdir("cold") as wd:
@@ -226,7 +232,7 @@ def main() -> int:
                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
             pclient = bl.RawClient(peer.lambda_port)
 
-            import_ms = standalone_import_ms(tree, 3 if args.quick else 5)
+            import_ms = standalone_import_ms(tree, 3)  # first use; then interleaved below
             bl.log("heavy handler import, standalone: median "
                    f"{statistics.median(import_ms):.0f} ms")
 
@@ -314,7 +320,10 @@ def main() -> int:
                     peer_cold(f"hv{i}", "peer_heavy_further")
                     holder.join()
 
-                steps = [corral_heavy, peer_heavy]
+                def standalone() -> None:
+                    samples["heavy_import_standalone"] += standalone_import_ms(tree, 1)
+
+                steps = [corral_heavy, peer_heavy, standalone]
                 for step in (steps if i % 2 == 0 else steps[::-1]):
                     step()
                     time.sleep(0.05)
@@ -337,7 +346,6 @@ def main() -> int:
             srv.stop()
 
     s = {k: bl.summary(v) for k, v in samples.items()}
-    s["heavy_import_standalone"] = bl.summary(import_ms)
 
     def med(key: str) -> float | None:
         return s[key].get("median")

@@ -329,8 +329,8 @@ def section(name: str, doc: dict[str, Any], img: str | None) -> list[str]:
         out += [md_table(["floor / import cost (ms)", "p50", "p10-p90"], [
             [label, n(s.get(k, {}).get("median")),
              f"{n(s.get(k, {}).get('p10'))}-{n(s.get(k, {}).get('p90'))}"]
-            for label, k in (("`python3 -S -I -c pass` (exec floor)", "python_pass"),
-                             ("`node -e 0`", "node_e0"),
+            for label, k in (("`python3.11 -S -I -c pass` (exec floor)", "python_pass"),
+                             ("`node -e 0` (clean environment)", "node_e0"),
                              ("heavy handler's imports, standalone on the host",
                               "heavy_import_standalone"),
                              ("heavy handler's imports, inside the first instance",

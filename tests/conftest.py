@@ -124,3 +124,19 @@ def make_server(tmp_path: Path) -> Iterator[Any]:
     yield make
     for srv in started:
         srv.stop(signal.SIGKILL if srv.proc and srv.proc.poll() is None else signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def make_server_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Dedicated servers shared by one test module (stopped after it)."""
+    started: list[CorralServer] = []
+
+    def make(**kwargs: Any) -> CorralServer:
+        srv = CorralServer(tmp_path_factory.mktemp("corral-module") / "data", **kwargs)
+        srv.start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()

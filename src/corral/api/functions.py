@@ -65,8 +65,20 @@ async def create_function(request: Request) -> Response:
             "A function name with a qualifier cannot be used to create a function.")
     if len(ref.name) > 64:
         raise InvalidParameterValueException("Function name must be 64 characters or fewer.")
-    config = svc.registry.create(params, ref.name)
+    code = params.get("Code")
+    fetched = await _fetch_from_bucket(code) if isinstance(code, dict) else None
+    config = svc.registry.create(params, ref.name, fetched)
     return json_response(_config_json(svc, config), status=201)
+
+
+async def _fetch_from_bucket(code: dict[str, Any]) -> bytes | None:
+    """`S3Bucket`/`S3Key` packages come from the S3 endpoint the SDK configuration names,
+    fetched off the event loop."""
+    if "ZipFile" in code or not ("S3Bucket" in code and "S3Key" in code):
+        return None
+    from corral.triggers.s3code import code_location, fetch_zip_async
+
+    return await fetch_zip_async(*code_location(code))
 
 
 def _qualified(request: Request) -> tuple[str, str | None]:
@@ -104,7 +116,10 @@ async def update_code(request: Request) -> Response:
     _check_size(request, UPDATE_CODE_BODY_LIMIT, "UpdateFunctionCode")
     svc = services(request)
     params = await signed_json(request)
-    config = svc.registry.update_code(function_ref(request).name, params)
+    name = function_ref(request).name
+    svc.registry.get(name)
+    fetched = await _fetch_from_bucket(params)
+    config = svc.registry.update_code(name, params, fetched)
     return json_response(_config_json(svc, config))
 
 

@@ -118,19 +118,22 @@ class Registry:
         return self.runtimes[config.runtime]
 
     # writes ------------------------------------------------------------------------------------
-    def _store_code(self, params: dict[str, Any]) -> CodeInfo:
+    def _store_code(self, params: dict[str, Any], fetched: bytes | None = None) -> CodeInfo:
+        """Store the package given inline (`ZipFile`) or already fetched from a bucket."""
+        if fetched is not None:
+            return self.code.put(fetched)
         if "ZipFile" not in params:
             if "S3Bucket" in params or "S3Key" in params:
                 raise InvalidParameterValueException(
-                    "Fetching code from a bucket (S3Bucket/S3Key) is not available yet; "
-                    "upload the package as ZipFile.")
+                    "S3Bucket and S3Key must be given together.")
             if "ImageUri" in params:
                 raise InvalidParameterValueException(
                     "Container images are not supported; use a Zip package.")
             raise InvalidParameterValueException("Please provide a source for function code.")
         return self.code.put(decode_zip(params["ZipFile"]))
 
-    def create(self, params: dict[str, Any], name: str) -> FunctionConfig:
+    def create(self, params: dict[str, Any], name: str,
+               fetched: bytes | None = None) -> FunctionConfig:
         limits = self._settings.limits
         if params.get("PackageType", "Zip") != "Zip":
             raise InvalidParameterValueException(
@@ -157,7 +160,7 @@ class Registry:
             raise InvalidParameterValueException("Please provide a source for function code.")
         if name in self._latest:
             raise ResourceConflictException(f"Function already exist: {name}")
-        code = self._store_code(code_params)
+        code = self._store_code(code_params, fetched)
         config = FunctionConfig(name=name, runtime=runtime.name, handler=handler,
                                 role=role or "", code=code, **fields)
         try:
@@ -187,11 +190,12 @@ class Registry:
         self._changed(new.name)
         return new
 
-    def update_code(self, name: str, params: dict[str, Any]) -> FunctionConfig:
+    def update_code(self, name: str, params: dict[str, Any],
+                    fetched: bytes | None = None) -> FunctionConfig:
         current = self.get(name)
         self._check_revision(current, params)
         check.architectures(params)
-        code = self._store_code(params)
+        code = self._store_code(params, fetched)
         if params.get("DryRun"):
             self._collect_code(code.sha256_hex)
             return current.evolve(code=code)

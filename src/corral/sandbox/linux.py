@@ -170,8 +170,14 @@ class _Shell:
         self.tmp_fd = -1  # the host's handle on that /tmp filesystem
         self.timings: dict[str, float] = {}
         self.zygote = zygote  # the zygote this keeper was forked from, if any
+        self.joined = False
+        self.init_pid = 0  # zygote path: the sandbox init, forked while warm
+        self.init_pidfd = -1
 
     def kill(self) -> None:
+        if self.init_pidfd >= 0:  # zygote path: the warm init, then its keeper
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
@@ -180,6 +186,10 @@ class _Shell:
         self.sock.close()
         if isinstance(self.proc, _ForkedProc):
             self.proc.close()
+        if self.init_pidfd >= 0:  # gone means its mount namespace (and /tmp) is gone
+            select.select([self.init_pidfd], [], [], 5)
+            os.close(self.init_pidfd)
+            self.init_pidfd = -1
 
 
 class _ForkedProc:
@@ -195,9 +205,9 @@ class _ForkedProc:
         self.pid, self.pidfd = pid, pidfd
 
     def exited(self) -> bool:
-        if self.returncode is None and self.pidfd >= 0:
-            if select.select([self.pidfd], [], [], 0)[0]:
-                self.returncode = 0
+        if (self.returncode is None and self.pidfd >= 0
+                and select.select([self.pidfd], [], [], 0)[0]):
+            self.returncode = 0
         return self.returncode is not None
 
     def kill(self) -> None:
@@ -325,13 +335,22 @@ class LinuxSandbox:
         self._oom_base = 0
         self._config_sent = False
         self._destroyed = False
+        self._keeper: _Shell | None = None  # zygote path: the keeper, parent of the init
+        self._setup_error: str | None = None
 
     # ----------------------------------------------------------------------------- startup
 
     async def _start(self) -> None:
         factory, spec = self._factory, self.spec
         begin = time.perf_counter()
-        self._shell = shell = await factory._acquire_shell()
+        interpreter = factory._zygote_interpreter(spec)
+        zshell = await factory._acquire_zshell(interpreter) if interpreter else None
+        if interpreter and zshell is None:
+            self.setup_timings["zygote_fallback"] = 1.0
+        if zshell is not None:
+            self._keeper = self._shell = shell = zshell
+        else:
+            self._shell = shell = await factory._acquire_shell()
         # Take over what the launcher holds, with no await in between: from here on this
         # sandbox alone releases the cgroup and the images (the launcher only its process).
         assert shell.cgroup is not None
@@ -344,6 +363,10 @@ class LinuxSandbox:
         elif shell.image is not None:  # wrong size: recycled once the launcher is gone
             self._spare = (shell.image, shell.tmp_fd)
         shell.cgroup, shell.image, shell.tmp_fd = None, None, -1
+        if shell.zygote is not None:  # the init exists already, waiting for the config
+            self.pid, self._pidfd = shell.init_pid, shell.init_pidfd
+            shell.init_pidfd = -1
+            self._exit = asyncio.get_running_loop().create_future()
         tmp_device = ""
         if not premounted:
             self._image = await factory._acquire_image(spec.ephemeral_mb)
@@ -372,6 +395,8 @@ class LinuxSandbox:
             fds.append(self._child_control.fileno())
             control_index = 1
         config = factory._config(spec, tmp_device, env, api_port, control_index)
+        if shell.zygote is not None:
+            config["zygote"] = True
         self.setup_timings["host_before_send"] = round((time.perf_counter() - begin) * 1000, 3)
         try:
             _send(shell.sock, config, fds)
@@ -379,6 +404,9 @@ class LinuxSandbox:
         finally:
             os.close(write_fd)
             self._child_control.close()
+        if shell.zygote is not None:
+            await self._finish_zygote_start(shell, begin)
+            return
 
         deadline = time.monotonic() + factory.setup_timeout
         error: str | None = None
@@ -420,6 +448,124 @@ class LinuxSandbox:
         self.setup_timings.update(shell.timings)
         self.setup_timings["spawn_total"] = round((time.perf_counter() - begin) * 1000, 3)
         self.control.setblocking(False)
+
+    async def _finish_zygote_start(self, shell: _Shell, begin: float) -> None:
+        """The keeper forked the init, which builds the sandbox and reports `exec` once the
+        runtime is about to run (in that process, not by execve): the keeper stays, as the
+        init's parent, and reports its wait status on the same socket."""
+        deadline = time.monotonic() + self._factory.setup_timeout
+        execed = False
+        while True:
+            message, received = await _recv(shell.sock, deadline)
+            if message is None:
+                break
+            op = self._keeper_message(message, received)
+            self.setup_timings["host_" + op] = round((time.perf_counter() - begin) * 1000, 3)
+            if op == "exec":
+                execed = True
+                break
+            if op == "exit":
+                break
+        if self._setup_error is not None or not execed or self._exit is None:
+            raise SandboxError(f"could not start {self.spec.argv[0]} in the sandbox: "
+                               f"{self._setup_error or 'sandbox init died before it ran'}")
+        self._shell = None
+        loop = asyncio.get_running_loop()
+        loop.add_reader(shell.sock.fileno(), self._on_keeper_readable)
+        assert self._cgroup is not None
+        self._cgroup.reset_memory_peak()  # the keeper's and the init's setup do not count
+        self.setup_timings.update(shell.timings)
+        self.setup_timings["spawn_total"] = round((time.perf_counter() - begin) * 1000, 3)
+        self.control.setblocking(False)
+
+    def _keeper_message(self, message: dict[str, Any], received: list[int]) -> str:
+        """Apply one message of the keeper or the init (zygote path); returns its op."""
+        op = str(message.get("op"))
+        if op == "pid":
+            self.pid = int(message["pid"])
+            if received:
+                self._pidfd = received.pop(0)
+            if self._exit is None:
+                self._exit = asyncio.get_running_loop().create_future()
+            if self._destroyed:
+                self.kill()
+        elif op == "api" and received:
+            self.runtime_api_socket = socket.socket(fileno=received.pop(0))
+        elif op == "tmp" and received:
+            self._tmp_fd = received.pop(0)
+        elif op == "exec":
+            self.setup_timings.update(message.get("timings_ms", {}))
+        elif op == "error":
+            self._setup_error = str(message.get("msg"))
+        elif op == "exit":
+            result = exit_status_from_wait(int(message["status"]))
+            if self._cgroup is not None:
+                with contextlib.suppress(OSError):
+                    if self._cgroup.oom_kills() > self._oom_base:
+                        result = ExitStatus(code=result.code, signal=result.signal,
+                                            oom_killed=True)
+            if self._exit is not None and not self._exit.done():
+                self._exit.set_result(result)
+        for fd in received:
+            os.close(fd)
+        return op
+
+    def _on_keeper_readable(self) -> None:
+        shell = self._keeper
+        if shell is None:
+            return
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(shell.sock, _MSG_MAX, 4,
+                                                           socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_reader(shell.sock.fileno())
+                self._keeper_vanished()
+                return
+            message = marshal.loads(data)
+            if isinstance(message, dict):
+                self._keeper_message(message, fds)
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def _keeper_vanished(self) -> None:
+        """EOF from the keeper without an exit report: it was killed, and the init with it
+        (PDEATHSIG)."""
+        if self._exit is not None and not self._exit.done():
+            with contextlib.suppress(RuntimeError):  # its loop may have ended
+                self._exit.set_result(ExitStatus(signal=signal.SIGKILL))
+
+    async def _stop_keeper(self, shell: _Shell) -> None:
+        """Kill the init, collect its status from the keeper, and wait for the keeper to be
+        gone (it is in the instance's cgroup)."""
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(shell.sock.fileno())
+        if not self._config_sent:  # a warm keeper that never got the config
+            self._factory._discard_shell(shell)  # its cgroup and image are the sandbox's
+            return
+        self.kill()
+        deadline = time.monotonic() + 5.0
+        with contextlib.suppress(OSError, TimeoutError, EOFError):
+            while True:
+                message, received = await _recv(shell.sock, deadline)
+                if message is None:
+                    break
+                self._keeper_message(message, received)
+        shell.proc.kill()  # exiting already, unless it hung
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            shell.proc.wait(5)
+        shell.sock.close()
+        if isinstance(shell.proc, _ForkedProc):
+            shell.proc.close()
+        self._keeper_vanished()
 
     def _watch(self, pid: int) -> None:
         """Reap `pid` (our child through CLONE_PARENT) via a pidfd when it exits."""
@@ -510,11 +656,16 @@ class LinuxSandbox:
         if self._destroyed:
             return
         self._destroyed = True
+        if self._keeper is not None:
+            keeper, self._keeper, self._shell = self._keeper, None, None
+            await self._stop_keeper(keeper)
         if self._shell is not None:  # failed or cancelled during setup
             await self._abort_setup(self._shell)
             self._shell = None
         self.kill()
-        if self._exit is not None:
+        if self._exit is not None and self._exit.done():
+            pass
+        elif self._exit is not None:
             if self._exit.get_loop() is asyncio.get_running_loop():
                 await asyncio.shield(self._exit)
             elif not self._exit.done():  # spawned on a loop that has ended: reap directly
@@ -559,7 +710,8 @@ class LinuxSandboxFactory:
     def __init__(self, run_dir: Path, *, uid: int = DEFAULT_UID, gid: int = DEFAULT_GID,
                  warm_shells: int = 2, warm_images: int = 2, python: str | None = None,
                  setup_timeout: float = 10.0, hostname: str = HOSTNAME,
-                 cgroup_driver: cgroups.CgroupDriver | None = None) -> None:
+                 cgroup_driver: cgroups.CgroupDriver | None = None,
+                 zygote: str | None = None, zygote_shells: int | None = None) -> None:
         if os.geteuid() != 0:
             raise SandboxError("the Linux sandbox needs root (namespaces, mounts, cgroups)")
         if not seccomp.supported():
@@ -570,6 +722,14 @@ class LinuxSandboxFactory:
         self._warm_shells = warm_shells
         self._warm_images = warm_images
         self._shells: list[_Shell] = []
+        mode = zygote or os.environ.get(ZYGOTE_ENV) or DEFAULT_ZYGOTE
+        if mode not in ZYGOTE_MODES:
+            raise SandboxError(f"unknown zygote mode {mode!r} (expected one of {ZYGOTE_MODES})")
+        self.zygote_mode = mode
+        self._zygote_shells = warm_shells if zygote_shells is None else zygote_shells
+        self._zygotes: dict[str, _Zygote] = {}
+        self._zygote_failures: dict[str, int] = {}
+        self._zshells: dict[str, list[_Shell]] = {}
         self._live: set[LinuxSandbox] = set()
         self._pending: set[ThreadFuture[None]] = set()
         self._prefilling = 0
@@ -600,10 +760,15 @@ class LinuxSandboxFactory:
             self._seccomp = seccomp.program()
             self._cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
             self._links, self._binds = self._base_layout()
+            first = warm_shells + (self._zygote_shells if self.zygote_mode != "off" else 0)
             if self._images.available:  # the first launchers get their /tmp mounted
-                for _ in range(warm_shells - self._images.idle_count(DEFAULT_TMP_MB)):
+                for _ in range(first - self._images.idle_count(DEFAULT_TMP_MB)):
                     self._images.put(self._images.create(DEFAULT_TMP_MB))
             self._refill()  # launchers are children of this thread: construct on the loop's
+            if self.zygote_mode != "off":  # the system Python's zygote, ahead of time
+                system = os.path.realpath(self._python)
+                if _PYTHON_NAME.fullmatch(os.path.basename(system)):
+                    self._refill_zygote(system)
         except BaseException:
             self._close_sync()
             raise
@@ -715,6 +880,8 @@ class LinuxSandboxFactory:
 
     def _discard_shell(self, shell: _Shell) -> None:
         """Kill a launcher that will not be used and recycle what it still holds."""
+        if isinstance(shell.proc, _ForkedProc) and shell.proc.pidfd < 0:
+            self._drain_keeper(shell)
         shell.kill()
         if shell.cgroup is not None:
             self._recycle_cgroup(shell.cgroup)
@@ -769,6 +936,171 @@ class LinuxSandboxFactory:
         finally:
             # later, and niced: the replacement must not compete with this instance's start
             loop.call_later(REFILL_DELAY_S, self._refill)
+
+    # ------------------------------------------------------------------------- zygotes
+
+    def _zygote_interpreter(self, spec: SandboxSpec) -> str | None:
+        """The host path of the interpreter whose zygote can start `spec`, or None (exec).
+
+        Only `<python3.X> -S -I -c CODE` (CODE = the bootstrap command unless the mode is
+        "any"), and only interpreters the sandbox sees at the same path as the host: under
+        /usr or under one of the spec's extra read-only paths."""
+        argv = spec.argv
+        if self.zygote_mode == "off" or len(argv) != 5 or argv[1:4] != ["-S", "-I", "-c"]:
+            return None
+        if self.zygote_mode == "python" and not _BOOTSTRAP_CODE.fullmatch(argv[4]):
+            return None
+        if not os.path.isabs(argv[0]) or _under(os.path.normpath(argv[0]), _RESERVED):
+            return None
+        real = os.path.realpath(argv[0])
+        shared = _VISIBLE + tuple(os.path.normpath(str(p)) for p in spec.extra_ro_paths)
+        if not (_under(real, shared) and _under(os.path.normpath(argv[0]), shared)):
+            return None
+        if not _PYTHON_NAME.fullmatch(os.path.basename(real)) or not os.access(real, os.X_OK):
+            return None
+        if self._zygote_failures.get(real, 0) >= ZYGOTE_START_ATTEMPTS:
+            return None
+        return real
+
+    def _get_zygote(self, interpreter: str) -> _Zygote | None:
+        """The running zygote for `interpreter`, started (again) if needed (loop thread)."""
+        zygote = self._zygotes.get(interpreter)
+        if zygote is not None and not zygote.alive:
+            self._stop_zygote(interpreter)
+            self._zygote_failures[interpreter] = self._zygote_failures.get(interpreter, 0) + 1
+            zygote = None
+        if zygote is None:
+            if self._closed or self._zygote_failures.get(interpreter, 0) >= ZYGOTE_START_ATTEMPTS:
+                return None
+            try:
+                zygote = _Zygote(interpreter)
+            except (SandboxError, OSError):
+                self._zygote_failures[interpreter] = ZYGOTE_START_ATTEMPTS
+                return None
+            self._zygotes[interpreter] = zygote
+        return zygote
+
+    def _stop_zygote(self, interpreter: str) -> None:
+        zygote = self._zygotes.pop(interpreter, None)
+        for shell in self._zshells.pop(interpreter, []):
+            self._discard_shell(shell)
+        if zygote is not None:
+            zygote.kill()
+
+    def _start_zshell(self, zygote: _Zygote) -> _Shell:
+        """Ask `zygote` for a keeper that joins a pooled cgroup and builds the skeleton."""
+        assert self._cgroups is not None
+        cgroup = self._cgroups.acquire()
+        image = self._images.take(DEFAULT_TMP_MB) if self._images is not None else None
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            zygote.fork(self._skeleton(image) | {"op": "fork", "procs": cgroup.procs_files()},
+                        child)
+        except OSError as exc:
+            parent.close()
+            self._recycle_cgroup(cgroup)
+            if image is not None:
+                self._recycle_image(image)
+            raise SandboxError(f"the {zygote.interpreter} zygote is gone: {exc}") from exc
+        finally:
+            child.close()
+        parent.setblocking(False)
+        return _Shell(_ForkedProc(), parent, cgroup, image, zygote)
+
+    def _drain_keeper(self, shell: _Shell) -> None:
+        """Read what a keeper's setup socket holds already (the zygote's `forked` with the
+        keeper's pidfd, `joined`), without waiting."""
+        proc = shell.proc
+        assert isinstance(proc, _ForkedProc)
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(shell.sock, _MSG_MAX, 4,
+                                                           socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, OSError):
+                return
+            message = marshal.loads(data) if data else None
+            if isinstance(message, dict) and message.get("op") == "forked" and fds:
+                proc.attach(int(message["pid"]), fds.pop(0))
+            elif isinstance(message, dict) and message.get("op") == "joined" and fds:
+                shell.joined = True
+                shell.init_pid, shell.init_pidfd = int(message["pid"]), fds.pop(0)
+                if fds:
+                    shell.tmp_fd = fds.pop(0)
+            for fd in fds:
+                os.close(fd)
+            if message is None:
+                return
+
+    async def _await_keeper(self, shell: _Shell) -> bool:
+        """Wait until the zygote reported the keeper and the keeper joined its cgroup."""
+        proc = shell.proc
+        assert isinstance(proc, _ForkedProc)
+        deadline = time.monotonic() + self.setup_timeout
+        while not (shell.joined and proc.pidfd >= 0):
+            try:
+                message, fds = await _recv(shell.sock, deadline)
+            except (OSError, TimeoutError):
+                return False
+            if message is None:
+                return False
+            op = message.get("op")
+            if op == "forked" and fds:
+                proc.attach(int(message["pid"]), fds.pop(0))
+            elif op == "joined" and fds:
+                shell.joined = True
+                shell.init_pid, shell.init_pidfd = int(message["pid"]), fds.pop(0)
+                if fds:
+                    shell.tmp_fd = fds.pop(0)
+                shell.timings = {"offpath_cgroup_join": float(message["join_ms"]),
+                                 "offpath_skeleton": float(message["skeleton_ms"])}
+            elif op == "error":
+                for fd in fds:
+                    os.close(fd)
+                return False
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    async def _acquire_zshell(self, interpreter: str) -> _Shell | None:
+        """A keeper of `interpreter`'s zygote, joined and with the skeleton built; None
+        when the zygote cannot be used (the caller falls back to a launcher and exec)."""
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(3):
+                zygote = self._get_zygote(interpreter)
+                if zygote is None:
+                    return None
+                pool = self._zshells.setdefault(interpreter, [])
+                try:
+                    shell = pool.pop(0) if pool else self._start_zshell(zygote)
+                except (SandboxError, OSError):
+                    continue  # the zygote died: _get_zygote restarts it
+                try:
+                    ready = await self._await_keeper(shell)
+                except asyncio.CancelledError:
+                    pool.insert(0, shell)  # still good for the next spawn
+                    raise
+                if ready:
+                    return shell
+                self._discard_shell(shell)
+            return None
+        finally:
+            loop.call_later(REFILL_DELAY_S, self._refill_zygote, interpreter)
+
+    def _refill_zygote(self, interpreter: str) -> None:
+        """Keep `zygote_shells` keepers of `interpreter` forked and joining (loop thread)."""
+        if self._closed:
+            return
+        pool = self._zshells.setdefault(interpreter, [])
+        while len(pool) < self._zygote_shells:
+            zygote = self._get_zygote(interpreter)
+            if zygote is None:
+                break
+            try:
+                pool.append(self._start_zshell(zygote))
+            except (SandboxError, OSError):
+                break
+        self._refill()  # and the /tmp images they will mount
 
     async def _acquire_image(self, size_mb: int) -> ephemeral.Image | None:
         images = self._images
@@ -911,6 +1243,19 @@ class LinuxSandboxFactory:
         for shell in self._shells:
             shell.kill()
         self._shells.clear()
+        for interpreter in list(self._zygotes):
+            pool = self._zshells.get(interpreter, [])
+            for shell in pool:
+                if isinstance(shell.proc, _ForkedProc) and shell.proc.pidfd < 0:
+                    self._drain_keeper(shell)
+            self._zygotes.pop(interpreter).kill()  # warm keepers die with it (PDEATHSIG)
+        for pool in self._zshells.values():
+            for shell in pool:
+                shell.kill()  # like the launchers: the pools below release the rest
+                if shell.tmp_fd >= 0:  # read from `joined`: the host's handle on /tmp
+                    os.close(shell.tmp_fd)
+                    shell.tmp_fd = -1
+        self._zshells.clear()
         self._executor.shutdown(wait=True)
         if self._cgroups is not None:
             self._cgroups.close()

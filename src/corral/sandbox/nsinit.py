@@ -80,6 +80,10 @@ MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_MM = 35
+PR_SET_MM_ARG_START = 8
+PR_SET_MM_ARG_END = 9
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
 PR_SET_NO_NEW_PRIVS = 38
@@ -324,6 +328,33 @@ def drop_privileges(uid: int, gid: int, cap_last: int) -> None:
     prctl(PR_SET_PDEATHSIG, SIGKILL)  # the credential change reset it
 
 
+_CMDLINE: list[object] = []  # keeps the buffer /proc/<pid>/cmdline points at alive
+
+
+def set_cmdline(argv: list[str]) -> None:
+    """Make /proc/<pid>/cmdline show the runtime's argv instead of the zygote's (which
+    names nsinit.py on the host). Needs CAP_SYS_RESOURCE; best effort."""
+    data = b"\0".join(os.fsencode(a) for a in argv) + b"\0"
+    buf = ctypes.create_string_buffer(data, len(data))
+    start = ctypes.addressof(buf)
+    end = start + len(data)
+    _CMDLINE.append(buf)
+    steps = [(PR_SET_MM_ARG_START, start), (PR_SET_MM_ARG_END, end)]
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            current_end = int(f.read().rsplit(b")", 1)[1].split()[46])  # field 49: arg_end
+    except (OSError, ValueError, IndexError):
+        current_end = 0
+    if start > current_end:  # the kernel checks arg_start <= arg_end after each step
+        steps.reverse()
+    try:
+        for option, address in steps:
+            _check(int(libc.prctl(ctypes.c_int(PR_SET_MM), _ulong(option), _ulong(address),
+                                  _ulong(0), _ulong(0))), "prctl(PR_SET_MM)")
+    except OSError:
+        pass
+
+
 def load_seccomp(program: bytes) -> None:
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
@@ -376,7 +407,11 @@ def _sandbox_init(setup: _socket.socket, cfg: dict[str, object], fds: list[int],
 
     setrlimit(RLIMIT_NOFILE, int(cfg["nofile"]))  # type: ignore[call-overload]
     setrlimit(RLIMIT_CORE, 0)
+    if cfg.get("zygote"):
+        set_cmdline([str(a) for a in cfg["argv"]])  # type: ignore[attr-defined]
     drop_privileges(int(cfg["uid"]), int(cfg["gid"]), int(cfg["cap_last"]))  # type: ignore[call-overload]
+    if cfg.get("zygote"):  # what execve of a plain binary does: /proc/<pid> owned by us
+        prctl(PR_SET_DUMPABLE, 1)
     marks["privileges"] = time.perf_counter()
 
     os.dup2(log_fd, 1)
@@ -417,7 +452,7 @@ def _sandbox_init(setup: _socket.socket, cfg: dict[str, object], fds: list[int],
 # ------------------------------------------------------------------------------- zygote
 
 _BASE_PATH: list[str] = []  # sys.path of the zygote at start, before any preloading
-ZYGOTE_PRELOAD = ("json", "struct", "io", "traceback", "logging", "select", "signal")
+ZYGOTE_PRELOAD = ("json", "struct", "io", "traceback", "logging", "select", "signal", "random")
 
 
 def _reseed() -> None:
@@ -501,7 +536,6 @@ def run_in_process(argv: list[str], env: dict[str, str]) -> None:
         except AttributeError:
             pass
         sys.path[:] = _BASE_PATH
-        sys.path_importer_cache.clear()
         main_module = type(sys)("__main__")
         main_module.__dict__["__builtins__"] = __builtins__
         sys.modules["__main__"] = main_module
@@ -531,8 +565,11 @@ def _wait_status(pid: int) -> int:
 
 
 def keeper(sock: _socket.socket, join: dict[str, object], priority: int) -> int:
-    """A process forked by the zygote (pid K): warm like a launcher, then on spawn the
-    parent and reaper of the sandbox init, reporting its wait status to the host."""
+    """A process forked by the zygote (pid K). Off the request path it joins the cgroup,
+    builds the skeleton in its own mount namespace, unshares the PID, IPC, UTS and cgroup
+    namespaces and forks the sandbox init, which waits for the config. K stays as the
+    init's parent: it reports the init's wait status to the host on the setup socket, and
+    kills the init if the host goes away (the socket hangs up). K never reads the socket."""
     begin = time.perf_counter()
     try:
         for path in join["procs"]:  # type: ignore[attr-defined]
@@ -542,60 +579,39 @@ def keeper(sock: _socket.socket, join: dict[str, object], priority: int) -> int:
         _check(int(libc.unshare(ctypes.c_int(CLONE_NEWNS))), "unshare")
         mount(None, "/", None, MS_REC | MS_SLAVE)
         tmp_fd = build_skeleton(join)
+        _check(int(libc.unshare(ctypes.c_int(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+                                             | CLONE_NEWCGROUP))), "unshare")
+        oom = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+        pid = os.fork()
     except OSError as exc:
         try:
             send(sock, {"op": "error", "msg": f"preparing the sandbox: {exc}"})
         except OSError:
             pass
         return 1
-    try:
-        send(sock, {"op": "joined", "join_ms": round((joined - begin) * 1000, 3),
-                    "skeleton_ms": round((time.perf_counter() - joined) * 1000, 3)},
-             (tmp_fd,) if tmp_fd >= 0 else ())
-    except OSError:
-        return 0
-    premounted = tmp_fd >= 0
-    if premounted:
-        os.close(tmp_fd)
-    try:
-        cfg, fds = recv(sock)
-    except OSError:
-        return 0
-    if cfg is None or cfg.get("op") != "spawn":
-        return 0
-    started = time.perf_counter()
-    prctl(PR_SET_PDEATHSIG, 0)  # from now on the instance outlives a zygote restart
-    os.setpriority(os.PRIO_PROCESS, 0, priority)
-    oom = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
-    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP
-    if cfg["netns"]:
-        flags |= CLONE_NEWNET
-    try:
-        _check(int(libc.unshare(ctypes.c_int(flags))), "unshare")
-        pid = os.fork()
-    except OSError as exc:
-        send(sock, {"op": "error", "msg": str(exc)})
-        return 1
     if pid == 0:
         os.close(oom)
-        sandbox_init(sock, cfg, fds, started, premounted)  # never returns
-    pidfd = os.pidfd_open(pid)
-    for fd in fds:  # the log pipe and the control socket belong to the init alone
-        os.close(fd)
+        warm_init(sock, priority, tmp_fd >= 0)  # never returns
+    prctl(PR_SET_PDEATHSIG, 0)  # the instance outlives a zygote restart; the host's
+    pidfd = os.pidfd_open(pid)  # socket hanging up is what ends it
     try:
         os.write(oom, b"-1000")  # a memory cgroup OOM picks the function, never its keeper
     except OSError:
         pass
     os.close(oom)
+    fds = (pidfd, tmp_fd) if tmp_fd >= 0 else (pidfd,)
     try:
-        send(sock, {"op": "pid", "pid": pid, "keeper": os.getpid()}, (pidfd,))
+        send(sock, {"op": "joined", "pid": pid, "join_ms": round((joined - begin) * 1000, 3),
+                    "skeleton_ms": round((time.perf_counter() - joined) * 1000, 3)}, fds)
     except OSError:
         pass
+    if tmp_fd >= 0:
+        os.close(tmp_fd)
     import select as _select
 
     poller = _select.poll()
     poller.register(pidfd, _select.POLLIN)
-    poller.register(sock.fileno(), _select.POLLIN)
+    poller.register(sock.fileno(), 0)  # POLLHUP only: the init reads this socket, not K
     while True:
         events = dict(poller.poll())
         if pidfd in events:
@@ -605,20 +621,38 @@ def keeper(sock: _socket.socket, join: dict[str, object], priority: int) -> int:
             except OSError:
                 pass
             return 0
-        if sock.fileno() in events:
+        if sock.fileno() in events:  # the host closed its end: the instance must go
             try:
-                message, extra = recv(sock)
+                signal_pidfd(pidfd, SIGKILL)
             except OSError:
-                message, extra = None, []
-            for fd in extra:
-                os.close(fd)
-            if message is None:  # the host is gone: so is the instance
-                try:
-                    signal_pidfd(pidfd, SIGKILL)
-                except OSError:
-                    pass
-                _wait_status(pid)
-                return 0
+                pass
+            _wait_status(pid)
+            return 0
+
+
+def warm_init(sock: _socket.socket, priority: int, premounted: bool) -> None:
+    """The sandbox init forked ahead of time (pid 1 of its PID namespace, still root):
+    waits for the config, then does what a cloned init does. Never returns."""
+    try:
+        prctl(PR_SET_PDEATHSIG, SIGKILL)
+        # Built at nice 10; waits at the server's priority, so that it wakes up promptly.
+        os.setpriority(os.PRIO_PROCESS, 0, priority)
+        cfg, fds = recv(sock)
+    except BaseException:
+        os._exit(0)
+    if cfg is None or cfg.get("op") != "spawn":
+        os._exit(0)  # the pool was closed
+    started = time.perf_counter()
+    try:
+        if cfg["netns"]:
+            _check(int(libc.unshare(ctypes.c_int(CLONE_NEWNET))), "unshare")
+    except OSError as exc:
+        try:
+            send(sock, {"op": "error", "msg": str(exc)})
+        except BaseException:
+            pass
+        os._exit(127)
+    sandbox_init(sock, cfg, fds, started, premounted)
 
 
 def signal_pidfd(pidfd: int, signum: int) -> None:
