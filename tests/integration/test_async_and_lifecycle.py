@@ -130,7 +130,8 @@ class TestDurability:
     def test_event_in_flight_survives_sigkill(self, make_server, callbacks, tmp_path):
         """An event running when the server is SIGKILLed is delivered after restart."""
         data = tmp_path / "durable"
-        srv = make_server(data_dir=data)
+        fast_retries = {"CORRAL_ASYNC_RETRY_DELAYS": "1,1"}  # a failed attempt retries soon
+        srv = make_server(data_dir=data, extra_env=fast_retries)
         lam = srv.client()
         name = unique("dur")
         create(lam, name, {"app.py": CALLBACK_FN}, Timeout=20)
@@ -140,7 +141,7 @@ class TestDurability:
         srv.stop(signal.SIGKILL)
         time.sleep(4)  # an orphaned instance (if any survived) would have finished by now
         before = len(stages(callbacks.received, "done"))
-        restarted = make_server(data_dir=data)
+        restarted = make_server(data_dir=data, extra_env=fast_retries)
         assert restarted.port
         got = callbacks.wait_for(lambda r: len(stages(r, "done")) > before, timeout=40)
         assert stages(got, "done")[-1]["event"]["sleep"] == 3

@@ -69,6 +69,8 @@ DEFAULT_ZYGOTE = "off"
 _BOOTSTRAP_CODE = re.compile(r"import sys; sys\.path\.insert\(0, '/[^'\\]*'\); "
                              r"import python_bootstrap; python_bootstrap\.run\(\)")
 _PYTHON_NAME = re.compile(r"python3(\.\d+)?")
+CMDLINE_PAD = 1024  # room for the instance's argv in the zygote's argument area
+ENVIRON_PAD = 16384  # and for its environment (Lambda allows 4 KB of variables)
 ZYGOTE_START_ATTEMPTS = 3  # zygote restarts per interpreter before falling back to exec
 _PROC_MASKS = ("kcore", "timer_list", "sysrq-trigger", "sched_debug")
 _ETC_COPY = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
@@ -243,9 +245,9 @@ class _Zygote:
         try:
             self.proc = subprocess.Popen(
                 [interpreter, "-S", "-I", str(NSINIT), "zygote", str(child.fileno()),
-                 str(os.getpid()), str(BACKGROUND_NICE)],
-                pass_fds=(child.fileno(),), env={}, cwd="/", stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, start_new_session=True)
+                 str(os.getpid()), str(BACKGROUND_NICE), " " * CMDLINE_PAD],
+                pass_fds=(child.fileno(),), env={"_CORRAL_PAD": " " * ENVIRON_PAD}, cwd="/",
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             parent.close()
             raise SandboxError(f"could not start the {interpreter} zygote: {exc}") from exc

@@ -328,31 +328,30 @@ def drop_privileges(uid: int, gid: int, cap_last: int) -> None:
     prctl(PR_SET_PDEATHSIG, SIGKILL)  # the credential change reset it
 
 
-_CMDLINE: list[object] = []  # keeps the buffer /proc/<pid>/cmdline points at alive
-
-
-def set_cmdline(argv: list[str]) -> None:
-    """Make /proc/<pid>/cmdline show the runtime's argv instead of the zygote's (which
-    names nsinit.py on the host). Needs CAP_SYS_RESOURCE; best effort."""
-    data = b"\0".join(os.fsencode(a) for a in argv) + b"\0"
-    buf = ctypes.create_string_buffer(data, len(data))
-    start = ctypes.addressof(buf)
-    end = start + len(data)
-    _CMDLINE.append(buf)
-    steps = [(PR_SET_MM_ARG_START, start), (PR_SET_MM_ARG_END, end)]
+def set_proc_strings(argv: list[str], env: dict[str, str]) -> None:
+    """Make /proc/<pid>/cmdline and /proc/<pid>/environ show the runtime's argv and
+    environment instead of the zygote's (the argv names nsinit.py on the host): overwrite
+    both areas in place, as setproctitle does (PR_SET_MM would need CAP_SYS_RESOURCE).
+    The zygote is started with a padding argument and a padding variable so that the areas
+    are large enough; the rest is NUL-filled. Best effort: what does not fit is left out."""
     try:
         with open("/proc/self/stat", "rb") as f:
-            current_end = int(f.read().rsplit(b")", 1)[1].split()[46])  # field 49: arg_end
+            fields = f.read().rsplit(b")", 1)[1].split()
+        # fields 48-51 of proc(5): arg_start, arg_end, env_start, env_end
+        areas = [(int(fields[45]), int(fields[46])), (int(fields[47]), int(fields[48]))]
     except (OSError, ValueError, IndexError):
-        current_end = 0
-    if start > current_end:  # the kernel checks arg_start <= arg_end after each step
-        steps.reverse()
-    try:
-        for option, address in steps:
-            _check(int(libc.prctl(ctypes.c_int(PR_SET_MM), _ulong(option), _ulong(address),
-                                  _ulong(0), _ulong(0))), "prctl(PR_SET_MM)")
-    except OSError:
-        pass
+        return
+    items = [[os.fsencode(a) + b"\0" for a in argv],
+             [os.fsencode(f"{k}={v}") + b"\0" for k, v in env.items()]]
+    for (start, end), entries in zip(areas, items, strict=True):
+        size = end - start
+        data = b""
+        for entry in entries:
+            if len(data) + len(entry) > size:
+                break
+            data += entry
+        if size > 0:
+            ctypes.memmove(ctypes.c_void_p(start), data + bytes(size - len(data)), size)
 
 
 def load_seccomp(program: bytes) -> None:
@@ -408,7 +407,8 @@ def _sandbox_init(setup: _socket.socket, cfg: dict[str, object], fds: list[int],
     setrlimit(RLIMIT_NOFILE, int(cfg["nofile"]))  # type: ignore[call-overload]
     setrlimit(RLIMIT_CORE, 0)
     if cfg.get("zygote"):
-        set_cmdline([str(a) for a in cfg["argv"]])  # type: ignore[attr-defined]
+        set_proc_strings([str(a) for a in cfg["argv"]],  # type: ignore[attr-defined]
+                         {str(k): str(v) for k, v in cfg["env"].items()})  # type: ignore[attr-defined]
     drop_privileges(int(cfg["uid"]), int(cfg["gid"]), int(cfg["cap_last"]))  # type: ignore[call-overload]
     if cfg.get("zygote"):  # what execve of a plain binary does: /proc/<pid> owned by us
         prctl(PR_SET_DUMPABLE, 1)

@@ -79,13 +79,21 @@ async def run_code(factory: Any, dirs: Dirs, code: str, timeout: float = 30.0,
         await sandbox.destroy()
 
 
+def _read(path: str) -> str:
+    """A sysfs file that may vanish while we look (loop devices detach asynchronously)."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
 def leftovers(base: Path) -> dict[str, list[str]]:
     """Host state this process's sandboxes could leak: cgroup dirs, loop devices with an image
     under `base`, mounts, child processes."""
     marker = f"corral-{os.getpid()}-"
     cgroup_dirs = sorted(glob.glob(f"/sys/fs/cgroup/*/**/{marker}*", recursive=True))
     loops = sorted(backing for p in glob.glob("/sys/block/loop*/loop/backing_file")
-                   if (backing := Path(p).read_text().strip()).startswith(str(base)))
+                   if (backing := _read(p)).startswith(str(base)))
     mounts = sorted(line.split()[4]
                     for line in Path("/proc/self/mountinfo").read_text().splitlines())
     ps = subprocess.run(["ps", "--ppid", str(os.getpid()), "-o", "pid=,comm="],

@@ -19,7 +19,13 @@ needs_loop = pytest.mark.skipif(os.geteuid() != 0 or not ephemeral.loop_availabl
 
 
 def _backing_files() -> set[str]:
-    return {Path(p).read_text().strip() for p in glob.glob("/sys/block/loop*/loop/backing_file")}
+    found = set()
+    for path in glob.glob("/sys/block/loop*/loop/backing_file"):
+        try:  # loop devices detach asynchronously: the file may vanish while we look
+            found.add(Path(path).read_text().strip())
+        except OSError:
+            pass
+    return found
 
 
 def test_image_size_leaves_room_for_metadata() -> None:
