@@ -261,14 +261,20 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
+    """bench/results/<name>.json, plus a copy in $CORRAL_BENCH_OUT (run_all's own run dir, so a
+    concurrent run by someone else cannot swap results under it)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": name,
            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "machine": machine_info(), **payload}
+    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    extra = os.environ.get("CORRAL_BENCH_OUT")
+    for target in [path, *([Path(extra) / f"{name}.json"] if extra else [])]:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
     log(f"wrote {path.relative_to(ROOT)}")
     return path
 
@@ -651,10 +657,15 @@ class Peer:
                                host=f"127.0.0.1:{self.lambda_port}")
 
     def python_pids(self) -> list[int]:
-        """The peer's handler processes (children running its invoke.py)."""
-        return [p for p, cmd in iter_procs()
-                if "invoke.py" in cmd and os.path.basename(cmd.split(" ", 1)[0])
-                .startswith("python")]
+        """This peer's Python handler processes (descendants running its invoke.py)."""
+        if self.proc is None:
+            return []
+        out = []
+        for pid in descendants(self.proc.pid):
+            cmd = cmdline(pid)
+            if "invoke.py" in cmd and os.path.basename(cmd.split(" ", 1)[0]).startswith("python"):
+                out.append(pid)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -722,13 +733,52 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+LOCK_PATH = Path(tempfile.gettempdir()) / "corral-bench.lock"
+LOCK_WAIT_S = 900.0
+
+
+@contextlib.contextmanager
+def host_lock(what: str) -> Iterator[None]:
+    """One benchmark at a time on this host: two overlapping runs would measure each other.
+
+    Waits (bounded) for a benchmark someone else started; proceeds with a warning after
+    LOCK_WAIT_S. The lock is an flock, released when the process exits, whatever happens.
+    """
+    import fcntl
+
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    log(f"waiting for another benchmark to finish ({holder or 'unknown'})")
+                    waited = True
+                if time.monotonic() > deadline:
+                    log("gave up waiting for the benchmark lock: results may be disturbed")
+                    break
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} {what} since {time.strftime('%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 @contextlib.contextmanager
 def workdir(prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"corral-bench-{prefix}-"))
-    try:
-        yield path
-    finally:
-        remove_tree(path)
+    """A temp dir for the run, held with the host-wide benchmark lock."""
+    with host_lock(prefix):
+        path = Path(tempfile.mkdtemp(prefix=f"corral-bench-{prefix}-"))
+        try:
+            yield path
+        finally:
+            remove_tree(path)
 
 
 def cmdline(pid: int) -> str:

@@ -3,10 +3,10 @@
 Part 1 (instance): a trivial Python function is invoked a few times, left idle, and the instance's
 processes are found by `AWS_LAMBDA_FUNCTION_NAME` in /proc/<pid>/environ; their Pss (and
 Private_Clean + Private_Dirty, the memory no other process shares) are summed from
-/proc/<pid>/smaps_rollup. In the Linux sandbox the runtime is pid 1 of its PID namespace and a
-child of the server (the nsinit launcher that built it exits), so the instance is that process; a
-per-instance nsinit parent, if a sandbox kept one, would be added to the "instance total". The
-server's pool of pre-started launchers (shared by all future instances) is reported apart.
+/proc/<pid>/smaps_rollup. When the sandbox leaves a per-instance nsinit process as the runtime's
+parent (one child: the runtime), it is part of the instance and added to the "instance total"
+(a shared parent, e.g. a zygote, is not). The server's pool of pre-started launchers/zygotes
+(shared by all future instances) is reported apart.
 Measured with one instance, then with 5 warm instances of the same function (PSS divides shared
 pages among them). The idle serverless-offline Python process for the same handler is measured
 for context.
@@ -58,8 +58,11 @@ def instance_memory(name: str) -> list[dict[str, Any]]:
             "runtime_rss_kb": roll.get("Rss", 0),
             "runtime_pss_anon_kb": roll.get("Pss_Anon", 0)}
         parent = ppid(pid)
-        if parent and "nsinit" in bl.cmdline(parent):
+        # a per-instance init/launcher left as the runtime's parent counts as the instance's;
+        # a shared one (a zygote with several children) does not
+        if parent and "nsinit" in bl.cmdline(parent) and children(parent) == [pid]:
             proll = bl.smaps_rollup(parent)
+            entry["init_pid"] = parent
             entry["init_pss_kb"] = proll.get("Pss", 0)
             entry["init_uss_kb"] = proll.get("Private_Clean", 0) + proll.get("Private_Dirty", 0)
         else:
@@ -68,6 +71,10 @@ def instance_memory(name: str) -> list[dict[str, Any]]:
         entry["total_uss_kb"] = entry["runtime_uss_kb"] + entry["init_uss_kb"]
         out.append(entry)
     return out
+
+
+def children(pid: int) -> list[int]:
+    return [p for p, _ in bl.iter_procs() if ppid(p) == pid]
 
 
 def ppid(pid: int) -> int | None:
@@ -153,8 +160,9 @@ def main() -> int:
                                 "uss_kb": statistics.fmean(r.get("Private_Clean", 0)
                                                            + r.get("Private_Dirty", 0)
                                                            for r in rolls)}
+            per_instance = {e.get("init_pid") for e in one + five}
             launchers = [bl.smaps_rollup(p).get("Pss", 0) for p in bl.descendants(srv.pid)
-                         if "nsinit" in bl.cmdline(p)]
+                         if "nsinit" in bl.cmdline(p) and p not in per_instance]
             result["instance"] = {"one": one, "five": five, "peer_python_process": peer_mem,
                                   "launcher_pool": {"processes": len(launchers),
                                                     "pss_kb_total": sum(launchers)}}

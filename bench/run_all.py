@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,8 +43,11 @@ TITLES = {
 }
 
 
-def run(names: list[str], quick: bool, sandbox: str, insecure: bool) -> dict[str, Any]:
+def run(names: list[str], quick: bool, sandbox: str, insecure: bool,
+        out_dir: Path) -> dict[str, Any]:
+    """Run the benchmarks; each also writes its JSON into out_dir (this run's own copy)."""
     status: dict[str, Any] = {}
+    env = {**os.environ, "CORRAL_BENCH_OUT": str(out_dir)}
     for name in names:
         cmd = [sys.executable, str(bl.BENCH / f"{name}.py"), "--sandbox", sandbox]
         if quick:
@@ -52,7 +58,9 @@ def run(names: list[str], quick: bool, sandbox: str, insecure: bool) -> dict[str
         t0 = time.monotonic()
         rc: int | str
         try:
-            rc = subprocess.run(cmd, timeout=120 if quick else 600).returncode
+            # generous: a benchmark may first wait for the host lock held by someone else
+            rc = subprocess.run(cmd, timeout=(120 if quick else 600) + bl.LOCK_WAIT_S,
+                                env=env).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
         status[name] = {"rc": rc, "seconds": round(time.monotonic() - t0, 1)}
@@ -60,8 +68,11 @@ def run(names: list[str], quick: bool, sandbox: str, insecure: bool) -> dict[str
     return status
 
 
-def load(name: str) -> dict[str, Any] | None:
+def load(name: str, run_dir: Path | None = None) -> dict[str, Any] | None:
+    """This run's result if it produced one, else the last one in bench/results/."""
     path = bl.RESULTS / f"{name}.json"
+    if run_dir is not None and (run_dir / f"{name}.json").exists():
+        path = run_dir / f"{name}.json"
     if not path.exists():
         return None
     doc: dict[str, Any] = json.loads(path.read_text())
@@ -521,8 +532,18 @@ def main() -> int:
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmarks: {sorted(unknown)}")
-    status = None if args.docs_only else run(names, args.quick, args.sandbox, args.insecure)
-    results = {name: doc for name in BENCHMARKS if (doc := load(name)) is not None}
+    run_dir = Path(tempfile.mkdtemp(prefix="corral-bench-run-"))
+    try:
+        status = None if args.docs_only else run(names, args.quick, args.sandbox,
+                                                  args.insecure, run_dir)
+        results = {name: doc for name in BENCHMARKS
+                   if (doc := load(name, run_dir)) is not None}
+        # bench/results/ holds this run's results even if someone else ran one meanwhile
+        for name in BENCHMARKS:
+            if (run_dir / f"{name}.json").exists():
+                shutil.copyfile(run_dir / f"{name}.json", bl.RESULTS / f"{name}.json")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
     images = plots(results)
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render(results, images, status))

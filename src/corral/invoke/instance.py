@@ -327,7 +327,12 @@ class Instance:
             cognito_identity=invocation.cognito_identity)
         self._sandbox.reset_memory_peak()
         began = time.perf_counter()
-        reply = await self._race(self._channel.invoke(event), timeout)
+        try:
+            reply = await self._race(self._channel.invoke(event), timeout)
+        except asyncio.CancelledError:
+            # The caller went away mid-invoke: the instance cannot be trusted to be idle.
+            await asyncio.shield(self._die())
+            raise
         duration_ms = (time.perf_counter() - began) * 1000
         self._drain_logs()
         if reply is not None and reply.kind in ("response", "error"):

@@ -149,9 +149,7 @@ class Scheduler:
         self._active += 1
         self._active_by_function[config.name] = self._active_by_function.get(config.name, 0) + 1
         pool.busy.add(instance)
-        # Shielded: a caller that goes away must not leave the instance half-used.
-        task = asyncio.ensure_future(self._run(pool, instance, invocation))
-        return await asyncio.shield(task)
+        return await self._run(pool, instance, invocation)
 
     def _throttle(self, invocation: Invocation, exc: TooManyRequestsException) -> None:
         self._throttles += 1

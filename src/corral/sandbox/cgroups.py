@@ -293,6 +293,9 @@ class V1Cgroup(Cgroup):
         self.dirs = dirs
         self._memsw = (dirs["memory"] / "memory.memsw.limit_in_bytes").exists() \
             if "memory" in dirs else False
+        # Read (and reset) on every invoke: keep the file open instead of opening it each time.
+        self._peak_fd = os.open(dirs["memory"] / "memory.max_usage_in_bytes",
+                                os.O_RDWR | os.O_CLOEXEC) if "memory" in dirs else -1
 
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs.values()]
@@ -315,13 +318,13 @@ class V1Cgroup(Cgroup):
             _write(self.dirs["cpu"] / "cpu.cfs_quota_us", str(cpu_quota_us(memory_mb)))
 
     def memory_peak(self) -> int | None:
-        if "memory" not in self.dirs:
+        if self._peak_fd < 0:
             return None
-        return int(_read(self.dirs["memory"] / "memory.max_usage_in_bytes"))
+        return int(os.pread(self._peak_fd, 64, 0))
 
     def reset_memory_peak(self) -> None:
-        if "memory" in self.dirs:
-            _write(self.dirs["memory"] / "memory.max_usage_in_bytes", "0")
+        if self._peak_fd >= 0:
+            os.pwrite(self._peak_fd, b"0", 0)
 
     def oom_kills(self) -> int:
         if "memory" not in self.dirs:
@@ -365,6 +368,9 @@ class V1Cgroup(Cgroup):
             _write(self.dirs["pids"] / "pids.max", "max")
 
     def remove(self) -> None:
+        if self._peak_fd >= 0:
+            os.close(self._peak_fd)
+            self._peak_fd = -1
         for d in self.dirs.values():
             _remove_tree(d)
 

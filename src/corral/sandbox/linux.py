@@ -65,7 +65,7 @@ _VISIBLE = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 # (tests); "off": every instance execs. The environment variable overrides the default.
 ZYGOTE_ENV = "CORRAL_SANDBOX_ZYGOTE"
 ZYGOTE_MODES = ("off", "python", "any")
-DEFAULT_ZYGOTE = "off"
+DEFAULT_ZYGOTE = "python"
 _BOOTSTRAP_CODE = re.compile(r"import sys; sys\.path\.insert\(0, '/[^'\\]*'\); "
                              r"import python_bootstrap; python_bootstrap\.run\(\)")
 _PYTHON_NAME = re.compile(r"python3(\.\d+)?")
@@ -256,7 +256,10 @@ class _Zygote:
         self.sock = parent
         from corral.runtimes import RUNTIME_DIR
 
-        _send(parent, {"op": "preload", "runtime_dir": str(RUNTIME_DIR)})
+        # the locale variables of the runtime environment (instance.runtime_environment)
+        _send(parent, {"op": "preload", "runtime_dir": str(RUNTIME_DIR),
+                       "view_runtime_dir": RUNTIME_ROOT,
+                       "locales": [{"LANG": "en_US.UTF-8"}, {}]})
 
     @property
     def alive(self) -> bool:
@@ -398,7 +401,11 @@ class LinuxSandbox:
             control_index = 1
         config = factory._config(spec, tmp_device, env, api_port, control_index)
         if shell.zygote is not None:
+            from corral.runtimes import RUNTIME_DIR
+
             config["zygote"] = True
+            # the zygote compiled the bootstrap of this runtime dir: skip finding and reading it
+            config["precompiled"] = spec.runtime_dir.resolve() == RUNTIME_DIR.resolve()
         self.setup_timings["host_before_send"] = round((time.perf_counter() - begin) * 1000, 3)
         try:
             _send(shell.sock, config, fds)
@@ -744,6 +751,10 @@ class LinuxSandboxFactory:
         self._state = Path(tempfile.mkdtemp(prefix="linux-sandbox-", dir=run_dir))
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="corral-sandbox",
                                             initializer=_lower_priority)
+        # Request-path work of a burst that outruns the pools (cgroup mkdir, /tmp images):
+        # not niced, and off the event loop.
+        self._spawn_executor = ThreadPoolExecutor(max_workers=4,
+                                                  thread_name_prefix="corral-spawn")
         try:
             self._root = self._state / "root"
             self._root.mkdir(mode=0o700)
@@ -989,10 +1000,10 @@ class LinuxSandboxFactory:
         if zygote is not None:
             zygote.kill()
 
-    def _start_zshell(self, zygote: _Zygote) -> _Shell:
+    def _start_zshell(self, zygote: _Zygote, cgroup: cgroups.Cgroup | None = None) -> _Shell:
         """Ask `zygote` for a keeper that joins a pooled cgroup and builds the skeleton."""
         assert self._cgroups is not None
-        cgroup = self._cgroups.acquire()
+        cgroup = cgroup or self._cgroups.acquire()
         image = self._images.take(DEFAULT_TMP_MB) if self._images is not None else None
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -1067,6 +1078,9 @@ class LinuxSandboxFactory:
         """A keeper of `interpreter`'s zygote, joined and with the skeleton built; None
         when the zygote cannot be used (the caller falls back to a launcher and exec)."""
         loop = asyncio.get_running_loop()
+        if interpreter not in self._zygotes:  # first use: warm it up, exec this one instance
+            loop.call_soon(self._refill_zygote, interpreter)
+            return None
         try:
             for _ in range(3):
                 zygote = self._get_zygote(interpreter)
@@ -1074,8 +1088,11 @@ class LinuxSandboxFactory:
                     return None
                 pool = self._zshells.setdefault(interpreter, [])
                 try:
-                    shell = pool.pop(0) if pool else self._start_zshell(zygote)
-                except (SandboxError, OSError):
+                    if pool:
+                        shell = pool.pop(0)
+                    else:  # a burst: create the cgroup off the loop (mkdir in 3 hierarchies)
+                        shell = self._start_zshell(zygote, await self._new_cgroup())
+                except (SandboxError, OSError, RuntimeError):
                     continue  # the zygote died: _get_zygote restarts it
                 try:
                     ready = await self._await_keeper(shell)
@@ -1088,6 +1105,20 @@ class LinuxSandboxFactory:
             return None
         finally:
             loop.call_later(REFILL_DELAY_S, self._refill_zygote, interpreter)
+
+    async def _new_cgroup(self) -> cgroups.Cgroup:
+        assert self._cgroups is not None
+        future = asyncio.get_running_loop().run_in_executor(self._spawn_executor,
+                                                            self._cgroups.acquire)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            def recycle(done: asyncio.Future[cgroups.Cgroup]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self._recycle_cgroup(done.result())
+
+            future.add_done_callback(recycle)
+            raise
 
     def _refill_zygote(self, interpreter: str) -> None:
         """Keep `zygote_shells` keepers of `interpreter` forked and joining (loop thread)."""
@@ -1113,7 +1144,7 @@ class LinuxSandboxFactory:
             return image
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, images.create, size_mb)
+            return await loop.run_in_executor(self._spawn_executor, images.create, size_mb)
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"could not create the /tmp image: {exc}") from exc
 
@@ -1180,6 +1211,10 @@ class LinuxSandboxFactory:
         ]
         not_enforced += [f"{version}: {c} controller unavailable"
                          for c in cgroups.CONTROLLERS if c not in controllers]
+        if self.zygote_mode != "off":
+            not_enforced.append("python instances fork from a per-interpreter zygote: they "
+                                "share its address-space layout and hash secret, and pages "
+                                "shared with it are not charged to the instance")
         if not loop_tmp:
             not_enforced.append("/tmp size cap on disk: no loop devices, /tmp is a tmpfs "
                                 "capped at EphemeralStorage but charged to the memory limit")
@@ -1258,6 +1293,7 @@ class LinuxSandboxFactory:
                     os.close(shell.tmp_fd)
                     shell.tmp_fd = -1
         self._zshells.clear()
+        self._spawn_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         if self._cgroups is not None:
             self._cgroups.close()

@@ -436,7 +436,7 @@ def _sandbox_init(setup: _socket.socket, cfg: dict[str, object], fds: list[int],
         send(setup, {"op": "exec", "timings_ms": {
             key: round((value - started) * 1000, 3) for key, value in marks.items()}})
         os.close(setup.detach())  # the host's EOF is the keeper's business now
-        run_in_process(argv, env)  # never returns
+        run_in_process(argv, env, bool(cfg.get("precompiled")))  # never returns
     send(setup, {"op": "exec", "timings_ms": {
         key: round((value - started) * 1000, 3) for key, value in marks.items()}})
     load_seccomp(program)
@@ -467,11 +467,25 @@ def _reseed() -> None:
         tmp._name_sequence = None  # type: ignore[attr-defined]
 
 
+_LOCALE_KEYS = ("LC_ALL", "LC_CTYPE", "LANG")
+# (LC_ALL, LC_CTYPE, LANG) -> (the LC_CTYPE locale a fresh interpreter ends with, the
+# LC_CTYPE variable PEP 538 sets or None): probed in the zygote for the usual environment
+_LOCALE_SEEN: dict[tuple[str | None, ...], tuple[str, str | None]] = {}
+
+
 def _coerce_locale(env: dict[str, str]) -> None:
     """What a fresh interpreter does at start (PEP 538): LC_CTYPE from the environment, and
-    C.UTF-8 when that is the C locale."""
+    C.UTF-8 when that is the C locale. Skipped (the zygote's locale is the answer) when the
+    zygote probed the same variables."""
     import _locale
 
+    key = tuple(env.get(name) for name in _LOCALE_KEYS)
+    seen = _LOCALE_SEEN.get(key)
+    if seen is not None and _locale.setlocale(_locale.LC_CTYPE) == seen[0]:
+        if seen[1] is not None:
+            os.environ["LC_CTYPE"] = seen[1]
+        return
+    _locale.setlocale(_locale.LC_CTYPE, "C")  # where a fresh process starts
     try:
         _locale.setlocale(_locale.LC_CTYPE, "")
     except Exception:  # _locale.Error
@@ -485,6 +499,26 @@ def _coerce_locale(env: dict[str, str]) -> None:
                 continue
             os.environ["LC_CTYPE"] = name
             break
+
+
+def _probe_locale(env: dict[str, str]) -> None:
+    """Record what `_coerce_locale(env)` does, then put the zygote's locale back."""
+    import _locale
+
+    saved_env = dict(os.environ)
+    saved = _locale.setlocale(_locale.LC_CTYPE)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        _coerce_locale(env)
+        _LOCALE_SEEN[tuple(env.get(name) for name in _LOCALE_KEYS)] = (
+            _locale.setlocale(_locale.LC_CTYPE), os.environ.get("LC_CTYPE"))
+    except Exception:
+        pass
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        _locale.setlocale(_locale.LC_CTYPE, saved)
 
 
 def _finalize(code: object) -> None:
@@ -521,11 +555,14 @@ def _finalize(code: object) -> None:
     os._exit(status)
 
 
-def run_in_process(argv: list[str], env: dict[str, str]) -> None:
+def run_in_process(argv: list[str], env: dict[str, str], precompiled: bool = False) -> None:
     """Become `argv` = `<python> -S -I -c CODE` without exec: the environment, sys.argv,
     sys.path and __main__ a fresh interpreter would have, then run CODE. Never returns."""
     code: object = 0
     try:
+        import gc
+
+        gc.enable()  # the zygote's objects are frozen: collections here leave them alone
         os.environ.clear()
         os.environ.update(env)
         _coerce_locale(env)
@@ -541,6 +578,8 @@ def run_in_process(argv: list[str], env: dict[str, str]) -> None:
         sys.modules["__main__"] = main_module
         for name in ("python_bootstrap", "framing"):
             sys.modules.pop(name, None)
+        if precompiled and _PRECOMPILED:
+            sys.meta_path.insert(0, _PrecompiledFinder())  # type: ignore[arg-type]
         source = argv[4]
         exec(compile(source, "<string>", "exec"), main_module.__dict__)
     except SystemExit as exc:
@@ -552,6 +591,48 @@ def run_in_process(argv: list[str], env: dict[str, str]) -> None:
             pass
         code = 1
     _finalize(code)
+
+
+# name -> (code compiled under its in-sandbox path, that path, (mtime_ns, size) of the file)
+_PRECOMPILED: dict[str, tuple[object, str, tuple[int, int]]] = {}
+
+
+class _PrecompiledFinder:
+    """Serves the runtime modules the zygote compiled, each once, exactly where a normal
+    import would find them (their directory first on sys.path, the file unchanged), then
+    leaves sys.meta_path: the module body still runs in the instance, with its environment;
+    only finding, reading and unmarshalling the file is saved (~1.7 ms)."""
+
+    def __init__(self) -> None:
+        self.table = dict(_PRECOMPILED)
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+        entry = self.table.get(name)
+        if entry is None:
+            return None
+        del self.table[name]
+        meta: list[object] = sys.meta_path  # type: ignore[assignment]
+        if not self.table and self in meta:
+            meta.remove(self)
+        code, origin, stamp = entry
+        if not sys.path or sys.path[0] != os.path.dirname(origin):
+            return None
+        try:
+            st = os.stat(origin)
+        except OSError:
+            return None
+        if (st.st_mtime_ns, st.st_size) != stamp:
+            return None  # changed since the zygote started: import it normally
+        spec = sys.modules["_frozen_importlib"].ModuleSpec(name, self, origin=origin)
+        spec.has_location = True
+        spec.loader_state = code
+        return spec
+
+    def create_module(self, spec: object) -> None:
+        return None
+
+    def exec_module(self, module: object) -> None:
+        exec(module.__spec__.loader_state, module.__dict__)  # type: ignore[attr-defined]
 
 
 def _wait_status(pid: int) -> int:
@@ -676,7 +757,10 @@ def zygote_main(argv: list[str]) -> int:
     if os.getppid() != server_pid:
         return 1
     _BASE_PATH[:] = sys.path
+    import gc
     import signal as _signal
+
+    gc.disable()  # no collection may dirty the pages the children share (gc.freeze docs)
 
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)  # keepers are reaped by the kernel
     sock = _socket.socket(fileno=fd)
@@ -691,6 +775,7 @@ def zygote_main(argv: list[str]) -> int:
         if op == "preload":
             _preload(message)
         elif op == "fork" and len(fds) == 1:
+            gc.freeze()  # whatever the zygote allocated: out of the children's collections
             try:
                 pid = os.fork()
             except OSError as exc:
@@ -736,7 +821,21 @@ def _preload(message: dict[str, object]) -> None:
             __import__(name)
         except Exception:
             pass
+    for env in message.get("locales") or ():  # type: ignore[attr-defined]
+        _probe_locale(dict(env))
     path = str(message.get("runtime_dir") or "")
+    view = str(message.get("view_runtime_dir") or "")
+    for name in ("framing", "python_bootstrap") if path and view else ():
+        try:
+            with open(f"{path}/{name}.py", "rb") as f:
+                st = os.fstat(f.fileno())
+                source = f.read()
+            origin = f"{view}/{name}.py"
+            _PRECOMPILED[name] = (compile(source, origin, "exec", dont_inherit=True), origin,
+                                  (st.st_mtime_ns, st.st_size))
+        except (OSError, SyntaxError, ValueError):
+            _PRECOMPILED.clear()
+            break
     if path:
         sys.path.insert(0, path)
         try:

@@ -93,6 +93,8 @@ print(json.dumps({
     "procs": sorted(p for p in os.listdir("/proc") if p.isdigit()),
     "fds": sorted(os.listdir("/proc/self/fd")), "main": __name__,
     "path0": sys.path[0], "hostname": os.uname().nodename,
+    "cmdline": [a for a in open("/proc/1/cmdline").read().split("\\0") if a],
+    "environ": [a for a in open("/proc/1/environ").read().split("\\0") if a],
 }))
 """
     _, seen = _run_json(zfactory, dirs, code, env={"PATH": "/usr/bin:/bin", "X_ONE": "1"})
@@ -110,6 +112,9 @@ print(json.dumps({
     assert seen["cwd"] == "/var/task" and seen["hostname"] == "corral"
     assert set(seen["fds"]) <= {"0", "1", "2", "3", "4"}  # 4: the listdir fd itself
     assert seen["path0"].startswith("/usr/lib/python3")
+    # /proc shows the runtime's argv and environment, not the zygote's (nsinit.py's path)
+    assert seen["cmdline"][:3] == [PY, "-S", "-I"] and "nsinit" not in str(seen["cmdline"])
+    assert sorted(seen["environ"]) == ["CORRAL_CONTROL_FD=3", "PATH=/usr/bin:/bin", "X_ONE=1"]
 
 
 def test_random_state_differs_between_instances(zfactory: Any, dirs: Dirs) -> None:
@@ -222,3 +227,56 @@ def test_zygote_restarts_after_it_dies(zfactory: Any, dirs: Dirs) -> None:
         assert all(z.alive for z in zfactory._zygotes.values())
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("lang", ["en_US.UTF-8", "C.UTF-8", None])
+def test_environment_and_locale_match_exec(zfactory: Any, factory: Any, dirs: Dirs,
+                                           lang: str | None) -> None:
+    """os.environ (PEP 538 coercion included), the locale and the stdio encoding are what the
+    exec'd interpreter has, for the runtime's usual LANG and others."""
+    code = """
+import json, os, sys, _locale
+print(json.dumps({"env": dict(os.environ), "ctype": _locale.setlocale(_locale.LC_CTYPE),
+                  "enc": sys.stdout.encoding, "fs": sys.getfilesystemencoding()}))
+"""
+    env = {"PATH": "/usr/bin:/bin"} | ({"LANG": lang} if lang else {})
+    assert factory._zygote_interpreter(spec_for(dirs, code)) is None  # the exec path
+
+    async def on_exec() -> Any:
+        status, out = await run_code(factory, dirs, code, env=env)
+        assert status.code == 0, out
+        return json.loads(out)
+
+    _, forked = _run_json(zfactory, dirs, code, env=env)
+    assert forked == asyncio.run(on_exec())
+
+
+def test_bootstrap_served_precompiled_as_from_var_runtime(zfactory: Any, dirs: Dirs) -> None:
+    """With Corral's own runtime dir, the zygote's compiled bootstrap is used, as if imported
+    from /var/runtime, its module body run with the instance's environment; afterwards a
+    module of the function named like a runtime module is still found normally."""
+    from corral.runtimes import RUNTIME_DIR
+
+    code = """
+import json, sys
+sys.path.insert(0, '/var/runtime')
+import python_bootstrap as pb
+framing = pb._import_framing()
+del sys.path[0]
+sys.path.insert(0, '/var/task')
+import framing as user_framing
+print(json.dumps({"file": pb.__file__, "self_dir": pb._SELF_DIR, "ascii": pb._RESPONSE_ENSURE_ASCII,
+                  "loader": type(pb.__loader__).__name__, "framing": framing.__file__,
+                  "user": user_framing.__file__, "code": pb.run.__code__.co_filename}))
+"""
+    (dirs.code / "framing.py").write_text("MINE = True\n")
+    env = {"PATH": "/usr/bin:/bin", "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12"}
+    try:
+        _, seen = _run_json(zfactory, dirs, code, runtime_dir=RUNTIME_DIR, env=env)
+    finally:
+        (dirs.code / "framing.py").unlink()
+    assert seen["file"] == seen["code"] == "/var/runtime/python_bootstrap.py"
+    assert seen["self_dir"] == "/var/runtime" and seen["ascii"] is False
+    assert seen["loader"] == "_PrecompiledFinder"
+    assert seen["framing"] == "/var/runtime/framing.py"
+    assert seen["user"] == "/var/task/framing.py"
