@@ -7,6 +7,7 @@ store all speak them.
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,8 +23,14 @@ def lambda_timestamp(epoch: float | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
 
 
+_ids = random.Random()  # seeded from os.urandom once; no syscall per id as uuid4() makes
+
+
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID for a request id: unique, not a secret."""
+    value = _ids.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)
+    h = f"{value & ~(0xC000 << 48) | (0x8000 << 48):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True)

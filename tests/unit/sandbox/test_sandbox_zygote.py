@@ -39,6 +39,16 @@ def zfactory(dirs: Dirs) -> Iterator[Any]:
     asyncio.run(made.close())
 
 
+@pytest.fixture(scope="module")
+def efactory(dirs: Dirs) -> Iterator[Any]:
+    """A factory that execs every instance (whatever CORRAL_SANDBOX_ZYGOTE says)."""
+    from corral.sandbox.linux import LinuxSandboxFactory
+
+    made = LinuxSandboxFactory(dirs.base / "erun", zygote="off")
+    yield made
+    asyncio.run(made.close())
+
+
 def _run_json(zfactory: Any, dirs: Dirs, code: str, **overrides: Any) -> tuple[Any, Any]:
     async def scenario() -> tuple[Any, str, dict[str, float]]:
         sandbox = await zfactory.spawn(spec_for(dirs, code, **overrides))
@@ -230,7 +240,7 @@ def test_zygote_restarts_after_it_dies(zfactory: Any, dirs: Dirs) -> None:
 
 
 @pytest.mark.parametrize("lang", ["en_US.UTF-8", "C.UTF-8", None])
-def test_environment_and_locale_match_exec(zfactory: Any, factory: Any, dirs: Dirs,
+def test_environment_and_locale_match_exec(zfactory: Any, efactory: Any, dirs: Dirs,
                                            lang: str | None) -> None:
     """os.environ (PEP 538 coercion included), the locale and the stdio encoding are what the
     exec'd interpreter has, for the runtime's usual LANG and others."""
@@ -240,10 +250,10 @@ print(json.dumps({"env": dict(os.environ), "ctype": _locale.setlocale(_locale.LC
                   "enc": sys.stdout.encoding, "fs": sys.getfilesystemencoding()}))
 """
     env = {"PATH": "/usr/bin:/bin"} | ({"LANG": lang} if lang else {})
-    assert factory._zygote_interpreter(spec_for(dirs, code)) is None  # the exec path
+    assert efactory._zygote_interpreter(spec_for(dirs, code)) is None  # the exec path
 
     async def on_exec() -> Any:
-        status, out = await run_code(factory, dirs, code, env=env)
+        status, out = await run_code(efactory, dirs, code, env=env)
         assert status.code == 0, out
         return json.loads(out)
 
