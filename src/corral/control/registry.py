@@ -138,6 +138,7 @@ class Registry:
         if params.get("PackageType", "Zip") != "Zip":
             raise InvalidParameterValueException(
                 "Container images are not supported; use PackageType Zip.")
+        check.no_layers(params)
         runtime = check.runtime(params, self.runtimes, required=True)
         assert runtime is not None
         handler = check.handler(params, runtime, required=True) or ""
@@ -205,6 +206,7 @@ class Registry:
         limits = self._settings.limits
         current = self.get(name)
         self._check_revision(current, params)
+        check.no_layers(params)
         runtime = check.runtime(params, self.runtimes, required=False) or \
             self.runtimes.get(current.runtime)
         if runtime is None:

@@ -234,3 +234,11 @@ def dead_letter_target(params: dict[str, Any]) -> str | None:
 
         parse_target(arn, "deadLetterConfig.targetArn")
     return arn
+
+
+def no_layers(params: dict[str, Any]) -> None:
+    """Layers are not implemented: refuse them rather than silently running without them."""
+    if params.get("Layers"):
+        raise InvalidParameterValueException(
+            "Layers are not supported by this Corral server; include the layer's files in the "
+            "function package.")
