@@ -72,6 +72,9 @@ _PYTHON_NAME = re.compile(r"python3(\.\d+)?")
 CMDLINE_PAD = 1024  # room for the instance's argv in the zygote's argument area
 ENVIRON_PAD = 16384  # and for its environment (Lambda allows 4 KB of variables)
 ZYGOTE_START_ATTEMPTS = 3  # zygote restarts per interpreter before falling back to exec
+# A zygote is replaced after this many forks, which bounds how many instances share its
+# address-space layout and hash secret (docs/sandbox.md, "Zygote").
+ZYGOTE_MAX_FORKS = 1000
 _PROC_MASKS = ("kcore", "timer_list", "sysrq-trigger", "sched_debug")
 _ETC_COPY = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
              "ssl/certs", "ssl/openssl.cnf", "pki/tls/certs", "pki/ca-trust/extracted",
@@ -720,7 +723,8 @@ class LinuxSandboxFactory:
                  warm_shells: int = 2, warm_images: int = 2, python: str | None = None,
                  setup_timeout: float = 10.0, hostname: str = HOSTNAME,
                  cgroup_driver: cgroups.CgroupDriver | None = None,
-                 zygote: str | None = None, zygote_shells: int | None = None) -> None:
+                 zygote: str | None = None, zygote_shells: int | None = None,
+                 zygote_max_forks: int = ZYGOTE_MAX_FORKS) -> None:
         if os.geteuid() != 0:
             raise SandboxError("the Linux sandbox needs root (namespaces, mounts, cgroups)")
         if not seccomp.supported():
@@ -736,6 +740,7 @@ class LinuxSandboxFactory:
             raise SandboxError(f"unknown zygote mode {mode!r} (expected one of {ZYGOTE_MODES})")
         self.zygote_mode = mode
         self._zygote_shells = warm_shells if zygote_shells is None else zygote_shells
+        self._zygote_max_forks = zygote_max_forks
         self._zygotes: dict[str, _Zygote] = {}
         self._zygote_failures: dict[str, int] = {}
         self._zshells: dict[str, list[_Shell]] = {}
@@ -978,6 +983,12 @@ class LinuxSandboxFactory:
     def _get_zygote(self, interpreter: str) -> _Zygote | None:
         """The running zygote for `interpreter`, started (again) if needed (loop thread)."""
         zygote = self._zygotes.get(interpreter)
+        if zygote is not None and zygote.alive and zygote.forks >= self._zygote_max_forks:
+            # Replace it: keepers it forked keep working (they no longer need it), requests
+            # it has not served yet fail and are retried with the new one.
+            del self._zygotes[interpreter]
+            zygote.kill()
+            zygote = None
         if zygote is not None and not zygote.alive:
             self._stop_zygote(interpreter)
             self._zygote_failures[interpreter] = self._zygote_failures.get(interpreter, 0) + 1

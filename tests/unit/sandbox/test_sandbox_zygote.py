@@ -290,3 +290,28 @@ print(json.dumps({"file": pb.__file__, "self_dir": pb._SELF_DIR, "ascii": pb._RE
     assert seen["loader"] == "_PrecompiledFinder"
     assert seen["framing"] == "/var/runtime/framing.py"
     assert seen["user"] == "/var/task/framing.py"
+
+
+def test_zygote_is_replaced_after_max_forks(dirs: Dirs, tmp_path: Path) -> None:
+    """After `zygote_max_forks` forks a new zygote (new layout, new hash secret) takes over;
+    instances keep starting, from it."""
+    from corral.sandbox.linux import LinuxSandboxFactory
+
+    code = "import json, sys; print(json.dumps(hash('corral')))"
+
+    async def scenario() -> tuple[set[int], set[int]]:
+        made = LinuxSandboxFactory(tmp_path / "run", zygote="any", zygote_shells=1,
+                                   zygote_max_forks=2)
+        zygotes, hashes = set(), set()
+        try:
+            for _ in range(6):
+                zygotes |= {z.proc.pid for z in made._zygotes.values()}
+                status, out = await run_code(made, dirs, code)
+                assert status.code == 0, out
+                hashes.add(int(out))
+        finally:
+            await made.close()
+        return zygotes, hashes
+
+    zygotes, hashes = asyncio.run(scenario())
+    assert len(zygotes) >= 2 and len(hashes) >= 2
