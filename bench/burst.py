@@ -122,7 +122,11 @@ def main() -> int:
                         name = bl.unique("burst")
                         srv.create_function(lam, name, zip_bytes, memory=args.memory)
                         req = signer.invoke(name, tail=True)
+                        cpu0 = bl.tree_cpu_seconds(srv.pid)
                         res = burst(srv.port, [req] * n)
+                        # CPU of the server, its launchers and the instances, per request
+                        res["cpu_ms_per_request"] = round(
+                            (bl.tree_cpu_seconds(srv.pid) - cpu0) * 1000 / n, 2)
                         res["instances_after"] = srv.health().get("instances")
                         streams: set[str] = set()
                         for _ in range(20):  # log delivery may lag the responses a little
@@ -151,10 +155,15 @@ def main() -> int:
                             time.sleep(0.25)
                     else:
                         before = set(peer.python_pids())
+                        assert peer.proc is not None
+                        cpu0 = bl.tree_cpu_seconds(peer.proc.pid)
                         res = burst(peer.lambda_port, [peer.request(f"b{r}")] * n)
+                        res["cpu_ms_per_request"] = round(
+                            (bl.tree_cpu_seconds(peer.proc.pid) - cpu0) * 1000 / n, 2)
                         res["instances_after"] = len(set(peer.python_pids()) - before)
                     results[side].append(res)
-                    bl.log(f"  {side}: wall {res['wall_s']} s, {res['answered_ok']}/{n} "
+                    bl.log(f"  {side}: wall {res['wall_s']} s, CPU/request "
+                           f"{res['cpu_ms_per_request']} ms, {res['answered_ok']}/{n} "
                            f"answered with the handler's result, instances "
                            f"{res['instances_after']}, errors {res['errors'][:2]}")
                     time.sleep(1.0)

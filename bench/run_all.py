@@ -300,9 +300,10 @@ def md_table(columns: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def verdict_rows(doc: dict[str, Any]) -> list[list[Any]]:
+def verdict_rows(doc: dict[str, Any], notes: bool = False) -> list[list[Any]]:
     return [[v["metric"], v["target"], bl.fmt_measured(v), f"**{v['verdict']}**"
-             if not v["met"] else v["verdict"]] for v in doc.get("targets", [])]
+             if not v["met"] else v["verdict"], *([v.get("note") or ""] if notes else [])]
+            for v in doc.get("targets", [])]
 
 
 def n(x: Any, digits: int = 1) -> str:
@@ -402,10 +403,12 @@ def section(name: str, doc: dict[str, Any], img: str | None) -> list[str]:
                              r["wall_s"],
                              f"{r.get('answered_ok', r['answered_200'])}/{r['requests']}",
                              n(r["latency_ms"].get("median")), n(r["latency_ms"].get("max")),
-                             r["cold"] if side == "corral" else "-", inst])
+                             r["cold"] if side == "corral" else "-", inst,
+                             n(r.get("cpu_ms_per_request"))])
         out += [md_table(["side", "wall s", "answered with the handler's result",
                           "latency p50 ms", "max ms", "cold (Init Duration)",
-                          "instances started"], rows), ""]
+                          "instances started", "CPU ms per request (all processes)"], rows),
+                ""]
         errs = sorted({e for r in doc["runs"]["corral"] for e in r.get("errors", [])})
         if errs:
             out += ["Corral errors seen: " + "; ".join(f"`{e[:160]}`" for e in errs[:3]), ""]
@@ -449,8 +452,8 @@ def section(name: str, doc: dict[str, Any], img: str | None) -> list[str]:
         out.append(f"Durability check: after the load a read-only snapshot of the SQLite queue "
                    f"is taken; every accepted event id must be in it or have been reported by "
                    f"the function (over UDP) by then. Store: {cfg.get('store')}.")
-    out += ["", "Targets:", "", md_table(["metric", "target", "measured", "verdict"],
-                                         verdict_rows(doc)), ""]
+    out += ["", "Targets:", "", md_table(["metric", "target", "measured", "verdict", "note"],
+                                         verdict_rows(doc, notes=True)), ""]
     if img:
         out += [f"![{TITLES[name]}]({img})", ""]
     return out
