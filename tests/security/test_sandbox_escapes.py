@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from corral.sandbox.api import ExitStatus, SandboxSpec
+from sandbox_helpers import collect
 
 PY = "/usr/bin/python3"
 UID = 10001
@@ -77,35 +78,6 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     made = Host(tmp_path_factory.mktemp("escapes"))
     yield made
     asyncio.run(made.factory.close())
-
-
-async def collect(sandbox: Any, timeout: float = 30.0) -> tuple[ExitStatus, str]:
-    """Read the merged log until EOF while waiting for the main process to exit."""
-    loop = asyncio.get_running_loop()
-    chunks: list[bytes] = []
-    eof: asyncio.Future[None] = loop.create_future()
-    fd = sandbox.log_fd
-    os.set_blocking(fd, False)
-
-    def readable() -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if data:
-            chunks.append(data)
-        else:
-            loop.remove_reader(fd)
-            if not eof.done():
-                eof.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        status = await asyncio.wait_for(sandbox.wait(), timeout)
-        await asyncio.wait_for(eof, 10)
-    finally:
-        loop.remove_reader(fd)
-    return status, b"".join(chunks).decode(errors="replace")
 
 
 async def read_line(sandbox: Any, timeout: float = 20.0) -> str:
