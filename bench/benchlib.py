@@ -212,9 +212,9 @@ def verdict(metric: str, measured: float | None, target: float, direction: str, 
     met = measured <= target if direction == "le" else measured >= target
     if met:
         text = "met"
-        if stretch is not None and (measured <= stretch if direction == "le"
-                                    else measured >= stretch):
-            text = "met (stretch too)"
+        if stretch is not None:
+            hit = measured <= stretch if direction == "le" else measured >= stretch
+            text = "met (stretch too)" if hit else f"met (stretch {stretch:g} {unit} missed)"
     elif direction == "le":
         text = (f"missed by {100.0 * (measured / target - 1):.0f}% "
                 f"(needs a {100.0 * (1 - target / measured):.0f}% cut)")

@@ -113,9 +113,12 @@ def plots(results: dict[str, dict[str, Any]]) -> dict[str, str]:
                 kwargs["yerr"] = list(zip(*errs, strict=True))
                 kwargs["capsize"] = 3
             ax.bar(xs, heights, width, label=label, color=color, **kwargs)
-            for x, v in zip(xs, vals, strict=True):
+            tops = [v + (e[1] if e else 0) if v else 0
+                    for v, e in zip(vals, errs or [None] * len(vals), strict=True)]
+            for x, v, top in zip(xs, vals, tops, strict=True):
                 if v:
-                    ax.annotate(f"{v:,.3g}", (x, v), ha="center", va="bottom", fontsize=8,
+                    label = f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+                    ax.annotate(label, (x, top), ha="center", va="bottom", fontsize=8,
                                 xytext=(0, 2), textcoords="offset points")
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
         ax.set_ylabel(ylabel)
@@ -150,7 +153,8 @@ def plots(results: dict[str, dict[str, Any]]) -> dict[str, str]:
             ax.axhline(val, color="green", linestyle=style, linewidth=1)
             ax.annotate(label, (3.45, val), fontsize=7, color="green", ha="right",
                         va="bottom")
-        for key, label in (("python_pass", "python3 -S -I -c pass"), ("node_e0", "node -e 0")):
+        for key, label in (("python_pass", "python3.11 -S -I -c pass"),
+                           ("node_e0", "node -e 0")):
             v = s.get(key, {}).get("median")
             if v:
                 ax.axhline(v, color="grey", linestyle="-.", linewidth=0.8)
