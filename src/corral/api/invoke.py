@@ -61,14 +61,15 @@ def _client_context(header: str | None) -> str | None:
     return text
 
 
-def _enqueue(svc: Services, name: str, qualifier: str | None, payload: bytes) -> str:
+async def _enqueue(svc: Services, name: str, qualifier: str | None, payload: bytes) -> str:
     limit = svc.settings.limits.async_payload_max_bytes
     if len(payload) > limit:
         raise RequestEntityTooLargeException(
             f"{len(payload)} byte payload is too large for the Event invocation type "
             f"(limit {limit} bytes)")
     request_id = new_request_id()
-    svc.async_invoker.submit(request_id, name, qualifier or LATEST, _check_payload(payload))
+    await svc.async_invoker.submit_durably(request_id, name, qualifier or LATEST,
+                                           _check_payload(payload))
     return request_id
 
 
@@ -92,7 +93,7 @@ async def handle_invoke(svc: Services, raw_name: str, qualifier_param: str | Non
         return 204, [(b"x-amzn-requestid", new_request_id().encode()),
                      (b"x-amz-executed-version", version)], b""
     if invocation_type == "Event":
-        request_id = _enqueue(svc, ref.name, qualifier, body)
+        request_id = await _enqueue(svc, ref.name, qualifier, body)
         return 202, [(b"x-amzn-requestid", request_id.encode()),
                      (b"x-amz-executed-version", version)], b""
     limit = svc.settings.limits.sync_payload_max_bytes
@@ -182,7 +183,7 @@ async def invoke_async(request: Request) -> Response:
     body = await signed_body(request)
     ref = function_ref(request)
     svc.registry.get(ref.name, ref.qualifier)
-    request_id = _enqueue(svc, ref.name, ref.qualifier, body)
+    request_id = await _enqueue(svc, ref.name, ref.qualifier, body)
     return Response(json.dumps({"Status": 202}), status_code=202,
                     headers={"x-amzn-RequestId": request_id}, media_type="application/json")
 

@@ -151,6 +151,8 @@ class AsyncInvoker:
         self._clock = clock
         self._backoff = tuple(throttle_backoff_s)
         self._wakeup = asyncio.Event()
+        self._batch: list[AsyncEvent] = []
+        self._batch_done: asyncio.Future[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
         self.policy_for: PolicyLookup = self.default_policy
@@ -165,6 +167,30 @@ class AsyncInvoker:
     def submit(self, event_id: str, function_name: str, qualifier: str, payload: bytes) -> None:
         now = self._clock()
         self._queue.enqueue(AsyncEvent(event_id, function_name, qualifier, payload, 0, now, now))
+        self._wakeup.set()
+
+    async def submit_durably(self, event_id: str, function_name: str, qualifier: str,
+                             payload: bytes) -> None:
+        """Queue an event; returns once it is committed. Events submitted during the same
+        event-loop iteration share one transaction (group commit)."""
+        now = self._clock()
+        self._batch.append(AsyncEvent(event_id, function_name, qualifier, payload, 0, now, now))
+        if self._batch_done is None:
+            loop = asyncio.get_running_loop()
+            self._batch_done = loop.create_future()
+            loop.call_soon(self._commit_batch)
+        await asyncio.shield(self._batch_done)
+
+    def _commit_batch(self) -> None:
+        events, self._batch = self._batch, []
+        done, self._batch_done = self._batch_done, None
+        assert done is not None
+        try:
+            self._queue.enqueue_many(events)
+        except Exception as exc:
+            done.set_exception(exc)
+            return
+        done.set_result(None)
         self._wakeup.set()
 
     def recover(self) -> int:

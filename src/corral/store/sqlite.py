@@ -189,6 +189,19 @@ class SqliteEventQueue:
         with self._db.lock:
             self._insert(event, kind)
 
+    def enqueue_many(self, events: list[AsyncEvent]) -> None:
+        """Insert invoke events in one transaction (one commit for many accepted events)."""
+        conn = self._db.conn
+        with self._db.lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for event in events:
+                    self._insert(event, "invoke")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
     def claim(self, now: float, limit: int) -> list[SqliteEventQueue.Queued]:
         conn = self._db.conn
         with self._db.lock:
