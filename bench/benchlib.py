@@ -33,10 +33,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -798,3 +799,23 @@ def cmdline(pid: int) -> str:
             errors="replace")
     except OSError:
         return ""
+
+
+class Background:
+    """Runs a slow start (the peer's) in a thread while the caller starts Corral."""
+
+    def __init__(self, start: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(start,), daemon=True)
+        self._thread.start()
+
+    def _run(self, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except BaseException as exc:  # handed to the caller by join()
+            self.error = exc
+
+    def join(self, timeout: float = 180.0, *, raise_error: bool = True) -> None:
+        self._thread.join(timeout)
+        if raise_error and self.error is not None:
+            raise self.error

@@ -95,26 +95,15 @@ def main() -> int:
         srv = bl.CorralServer(wd, sandbox=args.sandbox, insecure=args.insecure)
         peer = bl.Peer({f"b{i}": bl.PeerFunction("app.handler", "python3.11")
                         for i in range(repeats)}, {"app.py": bl.PY_TRIVIAL})
-        peer_err: list[BaseException] = []
-
-        def start_peer() -> None:
-            try:
-                peer.start()
-            except BaseException as exc:
-                peer_err.append(exc)
-
-        peer_thread = threading.Thread(target=start_peer, daemon=True)
         try:
-            peer_thread.start()
+            peer_start = bl.Background(peer.start)
             srv.start()
             sandbox = srv.sandbox_used()
             lam = srv.client()
             logs = srv.client("logs")
             signer = srv.signer()
             zip_bytes = bl.make_zip({"app.py": bl.PY_TRIVIAL})
-            peer_thread.join(180)
-            if peer_err:
-                raise peer_err[0]
+            peer_start.join()
             bl.log(f"corral {srv.port} ({sandbox}), serverless-offline {peer.lambda_port}")
             for r in range(repeats):
                 for side in (("corral", "peer") if r % 2 == 0 else ("peer", "corral")):

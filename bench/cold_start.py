@@ -199,26 +199,15 @@ def main() -> int:
 
         srv = bl.CorralServer(wd, sandbox=args.sandbox, insecure=args.insecure)
         peer = bl.Peer(functions, peer_files)
-        peer_err: list[BaseException] = []
-
-        def start_peer() -> None:
-            try:
-                peer.start()
-            except BaseException as exc:
-                peer_err.append(exc)
-
-        peer_thread = threading.Thread(target=start_peer, daemon=True)
         try:
-            peer_thread.start()
+            peer_start = bl.Background(peer.start)
             srv.start()
             sandbox = srv.sandbox_used()
             bl.log(f"corral on {srv.port}, sandbox: {sandbox}")
             lam = srv.client()
             signer = srv.signer()
             client = bl.RawClient(srv.port)
-            peer_thread.join(180)
-            if peer_err:
-                raise peer_err[0]
+            peer_start.join()
             if peer.proc is None or not peer.lambda_port:
                 raise RuntimeError("serverless-offline did not start")
             bl.log(f"serverless-offline on {peer.lambda_port} ({bl.peer_version()})")

@@ -106,18 +106,9 @@ def main() -> int:
         (wd / "a").mkdir()
         peer = bl.Peer({"py": bl.PeerFunction("app.handler", "python3.11")},
                        {"app.py": PY_HOLD})
-        peer_err: list[BaseException] = []
-
-        def start_peer() -> None:
-            try:
-                peer.start()
-            except BaseException as exc:
-                peer_err.append(exc)
-
-        peer_thread = threading.Thread(target=start_peer, daemon=True)
         try:
             # ---- part 1: idle warm instance --------------------------------------------------
-            peer_thread.start()
+            peer_start = bl.Background(peer.start)
             srv.start()
             sandbox = srv.sandbox_used()
             lam = srv.client()
@@ -144,9 +135,9 @@ def main() -> int:
             five = instance_memory(name5)
             client.close()
 
-            peer_thread.join(180)
+            peer_start.join(raise_error=False)
             peer_mem: dict[str, Any] = {}
-            if not peer_err and peer.lambda_port:
+            if peer_start.error is None and peer.lambda_port:
                 pc = bl.RawClient(peer.lambda_port)
                 for _ in range(5):
                     pc.send(peer.request("py"))

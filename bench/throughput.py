@@ -17,7 +17,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -110,17 +109,8 @@ def main() -> int:
         peer = bl.Peer({"py": bl.PeerFunction("app.handler", "python3.11"),
                         "nd": bl.PeerFunction("napp.handler", "nodejs20.x")},
                        {"app.py": bl.PY_TRIVIAL, "napp.js": bl.NODE_TRIVIAL})
-        peer_err: list[BaseException] = []
-
-        def start_peer() -> None:
-            try:
-                peer.start()
-            except BaseException as exc:
-                peer_err.append(exc)
-
-        peer_thread = threading.Thread(target=start_peer, daemon=True)
         try:
-            peer_thread.start()
+            peer_start = bl.Background(peer.start)
             srv.start()
             sandbox = srv.sandbox_used()
             lam = srv.client()
@@ -131,9 +121,7 @@ def main() -> int:
                                 runtime="nodejs20.x", handler="index.handler",
                                 memory=args.memory)
             signer = srv.signer()
-            peer_thread.join(180)
-            if peer_err:
-                raise peer_err[0]
+            peer_start.join()
             assert peer.proc is not None
             bl.log(f"corral {srv.port} ({sandbox}), serverless-offline {peer.lambda_port}")
             server_pid, peer_pid = srv.pid, peer.proc.pid

@@ -11,7 +11,6 @@ Usage: .venv/bin/python bench/warm_latency.py [--quick] [--sandbox auto|linux|pr
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,17 +35,8 @@ def main() -> int:
         srv = bl.CorralServer(wd, sandbox=args.sandbox, insecure=args.insecure)
         peer = bl.Peer({"py": bl.PeerFunction("app.handler", "python3.11")},
                        {"app.py": bl.PY_TRIVIAL})
-        peer_err: list[BaseException] = []
-
-        def start_peer() -> None:
-            try:
-                peer.start()
-            except BaseException as exc:
-                peer_err.append(exc)
-
-        peer_thread = threading.Thread(target=start_peer, daemon=True)
         try:
-            peer_thread.start()
+            peer_start = bl.Background(peer.start)
             srv.start()
             sandbox = srv.sandbox_used()
             lam = srv.client()
@@ -54,9 +44,7 @@ def main() -> int:
             srv.create_function(lam, name, bl.make_zip({"app.py": bl.PY_TRIVIAL}),
                                 memory=args.memory)
             signer = srv.signer()
-            peer_thread.join(180)
-            if peer_err:
-                raise peer_err[0]
+            peer_start.join()
             bl.log(f"corral {srv.port} ({sandbox}), serverless-offline {peer.lambda_port}")
             cc = bl.RawClient(srv.port)
             pc = bl.RawClient(peer.lambda_port)
