@@ -21,7 +21,7 @@ from pathlib import Path
 from corral.config import Settings
 from corral.errors import ThrottleReason, TooManyRequestsException
 from corral.invoke.capacity import Capacity, host_capacity_mb
-from corral.invoke.instance import Instance, LogSink
+from corral.invoke.instance import Instance, LogSink, State
 from corral.model import FunctionConfig, Invocation, InvocationResult
 from corral.runtimes import RuntimeInfo
 from corral.sandbox.api import SandboxFactory
@@ -163,7 +163,7 @@ class Scheduler:
     async def _run(self, pool: Pool, instance: Instance,
                    invocation: Invocation) -> InvocationResult:
         try:
-            if instance.invocations == 0 and instance.state.value == "starting":
+            if instance.state is State.STARTING:
                 await instance.start()
             result = await instance.invoke(invocation)
             for observer in self.observers:
