@@ -122,3 +122,27 @@ class TestAwsCliV2:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+class TestJsonLogFormat:
+    def test_logging_config_json(self, server):
+        """With LoggingConfig.LogFormat=JSON, logging records are JSON objects in the log."""
+        import base64
+
+        lam = server.client("lambda")
+        name = unique("jsonlog")
+        create(lam, name, {"app.py": PRINTER}, LoggingConfig={"LogFormat": "JSON"})
+        assert lam.get_function_configuration(FunctionName=name)["LoggingConfig"][
+            "LogFormat"] == "JSON"
+        resp = lam.invoke(FunctionName=name, LogType="Tail",
+                          Payload=json.dumps({"line": "as-json"}).encode())
+        request_id = resp["ResponseMetadata"]["RequestId"]
+        records = []
+        for line in base64.b64decode(resp["LogResult"]).decode().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        record = next(r for r in records if isinstance(r, dict) and r.get("level") == "INFO")
+        assert record["message"] == "structured as-json"
+        assert record["requestId"] == request_id
