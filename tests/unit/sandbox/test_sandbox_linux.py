@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_helpers import Dirs, collect, leftovers, needs_python, needs_root, run_code, spec_for
 
 from corral.errors import SandboxError
+from sandbox_helpers import Dirs, collect, leftovers, needs_python, needs_root, run_code, spec_for
 
 pytestmark = [needs_root, needs_python, pytest.mark.timeout(120)]
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from corral.runtimes import RuntimeInfo
 from sandbox_helpers import (
     PY,
     Dirs,
@@ -21,8 +23,6 @@ from sandbox_helpers import (
     run_code,
     spec_for,
 )
-
-from corral.runtimes import RuntimeInfo
 
 pytestmark = [needs_root, needs_python]
 
