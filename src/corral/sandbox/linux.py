@@ -22,7 +22,6 @@ import contextlib
 import marshal
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -39,23 +38,31 @@ from typing import Any
 from corral.errors import SandboxError
 from corral.sandbox import cgroups, ephemeral, seccomp
 from corral.sandbox.api import ExitStatus, IsolationReport, SandboxSpec, SandboxView
+from corral.sandbox.launchers import (
+    BACKGROUND_NICE,
+    MSG_MAX,
+    NSINIT,
+    RUNTIME_ROOT,
+    ForkedProcess,
+    WarmLauncher,
+    Zygote,
+    lower_priority,
+    recv_message,
+    send_message,
+)
 from corral.sandbox.process import exit_status_from_wait
 
-NSINIT = Path(__file__).with_name("nsinit.py")
 DEFAULT_UID = 10001
 DEFAULT_GID = 10001
 USER_NAME = "sbx_user1051"
 HOSTNAME = "corral"
 RUNTIME_API_PORT = 9001
 TASK_ROOT = "/var/task"
-RUNTIME_ROOT = "/var/runtime"
 OPT_ROOT = "/opt"
 TMP_DIR = "/tmp"
 SHM_MB = 64
 DEFAULT_TMP_MB = 512
 REFILL_DELAY_S = 0.1  # start replacement launchers after the instance's runtime is up
-BACKGROUND_NICE = 10  # launchers while warm, image formatting, cgroup recycling
-_MSG_MAX = 1 << 16
 # extra_ro_paths may not be these, under them, or above them (binding /var would hide /var/task)
 _RESERVED = ("/etc", "/proc", "/dev", "/tmp", "/var/task", "/var/runtime", "/opt")
 # extra_ro_paths under these are visible already (the /usr bind and the bin/lib links)
@@ -69,8 +76,6 @@ DEFAULT_ZYGOTE = "python"
 _BOOTSTRAP_CODE = re.compile(r"import sys; sys\.path\.insert\(0, '/[^'\\]*'\); "
                              r"import python_bootstrap; python_bootstrap\.run\(\)")
 _PYTHON_NAME = re.compile(r"python3(\.\d+)?")
-CMDLINE_PAD = 1024  # room for the instance's argv in the zygote's argument area
-ENVIRON_PAD = 16384  # and for its environment (Lambda allows 4 KB of variables)
 ZYGOTE_START_ATTEMPTS = 3  # zygote restarts per interpreter before falling back to exec
 # A zygote is replaced after this many forks, which bounds how many instances share its
 # address-space layout and hash secret (docs/sandbox.md, "Zygote").
@@ -155,172 +160,6 @@ def build_etc(directory: Path, uid: int, gid: int, hostname: str) -> None:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def _lower_priority() -> None:
-    """Nice the calling thread (Linux priorities are per thread; mkfs inherits it)."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0)
-                                               + BACKGROUND_NICE))
-
-
-class _Shell:
-    """A warm launcher: nsinit.py waiting in its cgroup for one sandbox config."""
-
-    def __init__(self, proc: subprocess.Popen[bytes] | _ForkedProc, sock: socket.socket,
-                 cgroup: cgroups.Cgroup, image: ephemeral.Image | None,
-                 zygote: _Zygote | None = None) -> None:
-        self.proc = proc
-        self.sock = sock
-        self.cgroup: cgroups.Cgroup | None = cgroup  # None once a sandbox took it over
-        self.image = image  # mounted on the skeleton's /tmp once joined
-        self.tmp_fd = -1  # the host's handle on that /tmp filesystem
-        self.timings: dict[str, float] = {}
-        self.zygote = zygote  # the zygote this keeper was forked from, if any
-        self.joined = False
-        self.init_pid = 0  # zygote path: the sandbox init, forked while warm
-        self.init_pidfd = -1
-
-    def kill(self) -> None:
-        if self.init_pidfd >= 0:  # zygote path: the warm init, then its keeper
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-        self.sock.close()
-        if isinstance(self.proc, _ForkedProc):
-            self.proc.close()
-        if self.init_pidfd >= 0:  # gone means its mount namespace (and /tmp) is gone
-            select.select([self.init_pidfd], [], [], 5)
-            os.close(self.init_pidfd)
-            self.init_pidfd = -1
-
-
-class _ForkedProc:
-    """A keeper forked by a zygote: not a child of the server, so it is signalled and
-    watched through the pidfd the zygote sends (the zygote's kernel auto-reaps it)."""
-
-    def __init__(self) -> None:
-        self.pid = 0
-        self.pidfd = -1
-        self.returncode: int | None = None
-
-    def attach(self, pid: int, pidfd: int) -> None:
-        self.pid, self.pidfd = pid, pidfd
-
-    def exited(self) -> bool:
-        if (self.returncode is None and self.pidfd >= 0
-                and select.select([self.pidfd], [], [], 0)[0]):
-            self.returncode = 0
-        return self.returncode is not None
-
-    def kill(self) -> None:
-        if self.pidfd >= 0 and not self.exited():
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        if self.pidfd < 0:
-            return self.returncode
-        if self.returncode is None:
-            if not select.select([self.pidfd], [], [], timeout)[0]:
-                raise subprocess.TimeoutExpired("keeper", timeout or 0.0)
-            self.returncode = 0
-        return self.returncode
-
-    def close(self) -> None:
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-
-
-class _Zygote:
-    """A fork server for one interpreter: `<python3.X> -S -I nsinit.py zygote` (root,
-    single-threaded, environment empty, runtime modules preloaded). Never answers on its
-    own socket: each fork request carries the keeper's setup socket, on which the zygote
-    reports the keeper's pid and pidfd."""
-
-    def __init__(self, interpreter: str) -> None:
-        self.interpreter = interpreter
-        self.forks = 0
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self.proc = subprocess.Popen(
-                [interpreter, "-S", "-I", str(NSINIT), "zygote", str(child.fileno()),
-                 str(os.getpid()), str(BACKGROUND_NICE), " " * CMDLINE_PAD],
-                pass_fds=(child.fileno(),), env={"_CORRAL_PAD": " " * ENVIRON_PAD}, cwd="/",
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
-            parent.close()
-            raise SandboxError(f"could not start the {interpreter} zygote: {exc}") from exc
-        finally:
-            child.close()
-        self.sock = parent
-        from corral.runtimes import RUNTIME_DIR
-
-        # the locale variables of the runtime environment (instance.runtime_environment)
-        _send(parent, {"op": "preload", "runtime_dir": str(RUNTIME_DIR),
-                       "view_runtime_dir": RUNTIME_ROOT,
-                       "locales": [{"LANG": "en_US.UTF-8"}, {}]})
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def fork(self, join: dict[str, Any], setup_end: socket.socket) -> None:
-        """Ask for one keeper; `setup_end` is its end of the setup socket (sent, not kept)."""
-        _send(self.sock, join, [setup_end.fileno()])
-        self.forks += 1
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            self.proc.wait()
-        self.sock.close()
-
-
-async def _readable(sock: socket.socket, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(sock.fileno(), wake)
-    try:
-        await asyncio.wait_for(ready, timeout)
-    finally:
-        loop.remove_reader(sock.fileno())
-
-
-async def _recv(sock: socket.socket, deadline: float) -> tuple[dict[str, Any] | None, list[int]]:
-    """One setup message (None at EOF) and the fds attached to it."""
-    while True:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, _MSG_MAX, 4,
-                                                       socket.MSG_CMSG_CLOEXEC)
-        except BlockingIOError:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("sandbox setup timed out") from None
-            await _readable(sock, remaining)
-            continue
-        if not data:
-            for fd in fds:
-                os.close(fd)
-            return None, []
-        message = marshal.loads(data)
-        assert isinstance(message, dict)
-        return message, fds
-
-
-def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    socket.send_fds(sock, [marshal.dumps(message, 4)], fds or [])
-
-
 class LinuxSandbox:
     """One instance in its namespaces and cgroup. Created by `LinuxSandboxFactory.spawn`."""
 
@@ -333,7 +172,7 @@ class LinuxSandbox:
         self.log_fd = -1
         self.setup_timings: dict[str, float] = {}  # ms from config receipt, plus join/total
         self._factory = factory
-        self._shell: _Shell | None = None
+        self._shell: WarmLauncher | None = None
         self._cgroup: cgroups.Cgroup | None = None
         self._image: ephemeral.Image | None = None
         self._tmp_fd = -1
@@ -343,7 +182,7 @@ class LinuxSandbox:
         self._oom_base = 0
         self._config_sent = False
         self._destroyed = False
-        self._keeper: _Shell | None = None  # zygote path: the keeper, parent of the init
+        self._keeper: WarmLauncher | None = None  # zygote path: the keeper, parent of the init
         self._setup_error: str | None = None
 
     # ----------------------------------------------------------------------------- startup
@@ -411,7 +250,7 @@ class LinuxSandbox:
             config["precompiled"] = spec.runtime_dir.resolve() == RUNTIME_DIR.resolve()
         self.setup_timings["host_before_send"] = round((time.perf_counter() - begin) * 1000, 3)
         try:
-            _send(shell.sock, config, fds)
+            send_message(shell.sock, config, fds)
             self._config_sent = True
         finally:
             os.close(write_fd)
@@ -424,7 +263,7 @@ class LinuxSandbox:
         error: str | None = None
         execed = False
         while True:
-            message, received = await _recv(shell.sock, deadline)
+            message, received = await recv_message(shell.sock, deadline)
             if message is None:
                 break
             op = message.get("op")
@@ -461,14 +300,14 @@ class LinuxSandbox:
         self.setup_timings["spawn_total"] = round((time.perf_counter() - begin) * 1000, 3)
         self.control.setblocking(False)
 
-    async def _finish_zygote_start(self, shell: _Shell, begin: float) -> None:
+    async def _finish_zygote_start(self, shell: WarmLauncher, begin: float) -> None:
         """The keeper forked the init, which builds the sandbox and reports `exec` once the
         runtime is about to run (in that process, not by execve): the keeper stays, as the
         init's parent, and reports its wait status on the same socket."""
         deadline = time.monotonic() + self._factory.setup_timeout
         execed = False
         while True:
-            message, received = await _recv(shell.sock, deadline)
+            message, received = await recv_message(shell.sock, deadline)
             if message is None:
                 break
             op = self._keeper_message(message, received)
@@ -528,7 +367,7 @@ class LinuxSandbox:
             return
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(shell.sock, _MSG_MAX, 4,
+                data, fds, _flags, _addr = socket.recv_fds(shell.sock, MSG_MAX, 4,
                                                            socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return
@@ -555,7 +394,7 @@ class LinuxSandbox:
             with contextlib.suppress(RuntimeError):  # its loop may have ended
                 self._exit.set_result(ExitStatus(signal=signal.SIGKILL))
 
-    async def _stop_keeper(self, shell: _Shell) -> None:
+    async def _stop_keeper(self, shell: WarmLauncher) -> None:
         """Kill the init, collect its status from the keeper, and wait for the keeper to be
         gone (it is in the instance's cgroup)."""
         with contextlib.suppress(Exception):
@@ -567,7 +406,7 @@ class LinuxSandbox:
         deadline = time.monotonic() + 5.0
         with contextlib.suppress(OSError, TimeoutError, EOFError):
             while True:
-                message, received = await _recv(shell.sock, deadline)
+                message, received = await recv_message(shell.sock, deadline)
                 if message is None:
                     break
                 self._keeper_message(message, received)
@@ -575,7 +414,7 @@ class LinuxSandbox:
         with contextlib.suppress(subprocess.TimeoutExpired):
             shell.proc.wait(5)
         shell.sock.close()
-        if isinstance(shell.proc, _ForkedProc):
+        if isinstance(shell.proc, ForkedProcess):
             shell.proc.close()
         self._keeper_vanished()
 
@@ -607,7 +446,7 @@ class LinuxSandbox:
 
         loop.add_reader(pidfd, reap)
 
-    async def _abort_setup(self, shell: _Shell) -> None:
+    async def _abort_setup(self, shell: WarmLauncher) -> None:
         """Setup did not finish. If the launcher got the config it may have cloned the init
         already: read its pid (sent right after clone) before killing the launcher, so the
         init is killed and reaped too, never left as an unreaped child of the server."""
@@ -615,7 +454,7 @@ class LinuxSandbox:
             deadline = time.monotonic() + 2.0
             with contextlib.suppress(OSError, TimeoutError, EOFError):
                 while self._exit is None:
-                    message, received = await _recv(shell.sock, deadline)
+                    message, received = await recv_message(shell.sock, deadline)
                     for fd in received:
                         os.close(fd)
                     if message is None:
@@ -734,16 +573,16 @@ class LinuxSandboxFactory:
         self._python = python or _default_python()
         self._warm_shells = warm_shells
         self._warm_images = warm_images
-        self._shells: list[_Shell] = []
+        self._shells: list[WarmLauncher] = []
         mode = zygote or os.environ.get(ZYGOTE_ENV) or DEFAULT_ZYGOTE
         if mode not in ZYGOTE_MODES:
             raise SandboxError(f"unknown zygote mode {mode!r} (expected one of {ZYGOTE_MODES})")
         self.zygote_mode = mode
         self._zygote_shells = warm_shells if zygote_shells is None else zygote_shells
         self._zygote_max_forks = zygote_max_forks
-        self._zygotes: dict[str, _Zygote] = {}
+        self._zygotes: dict[str, Zygote] = {}
         self._zygote_failures: dict[str, int] = {}
-        self._zshells: dict[str, list[_Shell]] = {}
+        self._zshells: dict[str, list[WarmLauncher]] = {}
         self._live: set[LinuxSandbox] = set()
         self._pending: set[ThreadFuture[None]] = set()
         self._prefilling = 0
@@ -755,7 +594,7 @@ class LinuxSandboxFactory:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._state = Path(tempfile.mkdtemp(prefix="linux-sandbox-", dir=run_dir))
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="corral-sandbox",
-                                            initializer=_lower_priority)
+                                            initializer=lower_priority)
         # Request-path work of a burst that outruns the pools (cgroup mkdir, /tmp images):
         # not niced, and off the event loop.
         self._spawn_executor = ThreadPoolExecutor(max_workers=4,
@@ -866,7 +705,7 @@ class LinuxSandboxFactory:
 
     # ------------------------------------------------------------------------- resources
 
-    def _start_shell(self) -> _Shell:
+    def _start_shell(self) -> WarmLauncher:
         """Start a launcher: it joins a pooled cgroup and builds the root skeleton, with the
         default-size /tmp image mounted when one is ready (runs on the loop thread)."""
         assert self._cgroups is not None
@@ -887,18 +726,18 @@ class LinuxSandboxFactory:
             raise SandboxError(f"could not start the sandbox launcher: {exc}") from exc
         finally:
             child.close()
-        shell = _Shell(proc, parent, cgroup, image)
+        shell = WarmLauncher(proc, parent, cgroup, image)
         try:
-            _send(parent, self._skeleton(image) | {"procs": cgroup.procs_files()})
+            send_message(parent, self._skeleton(image) | {"procs": cgroup.procs_files()})
         except OSError:
             self._discard_shell(shell)
             raise
         parent.setblocking(False)
         return shell
 
-    def _discard_shell(self, shell: _Shell) -> None:
+    def _discard_shell(self, shell: WarmLauncher) -> None:
         """Kill a launcher that will not be used and recycle what it still holds."""
-        if isinstance(shell.proc, _ForkedProc) and shell.proc.pidfd < 0:
+        if isinstance(shell.proc, ForkedProcess) and shell.proc.pidfd < 0:
             self._drain_keeper(shell)
         shell.kill()
         if shell.cgroup is not None:
@@ -925,7 +764,7 @@ class LinuxSandboxFactory:
                     self._prefilling += 1
                 self._background(self._prefill_image, DEFAULT_TMP_MB)
 
-    async def _acquire_shell(self) -> _Shell:
+    async def _acquire_shell(self) -> WarmLauncher:
         """A launcher that has joined its cgroup and built the skeleton (waits if needed)."""
         loop = asyncio.get_running_loop()
         message: dict[str, Any] | None = None
@@ -933,7 +772,7 @@ class LinuxSandboxFactory:
             for _ in range(3):
                 shell = self._shells.pop(0) if self._shells else self._start_shell()
                 try:
-                    message, fds = await _recv(shell.sock,
+                    message, fds = await recv_message(shell.sock,
                                                time.monotonic() + self.setup_timeout)
                 except (OSError, TimeoutError):
                     message, fds = None, []
@@ -980,7 +819,7 @@ class LinuxSandboxFactory:
             return None
         return real
 
-    def _get_zygote(self, interpreter: str) -> _Zygote | None:
+    def _get_zygote(self, interpreter: str) -> Zygote | None:
         """The running zygote for `interpreter`, started (again) if needed (loop thread)."""
         zygote = self._zygotes.get(interpreter)
         if zygote is not None and zygote.alive and zygote.forks >= self._zygote_max_forks:
@@ -997,7 +836,7 @@ class LinuxSandboxFactory:
             if self._closed or self._zygote_failures.get(interpreter, 0) >= ZYGOTE_START_ATTEMPTS:
                 return None
             try:
-                zygote = _Zygote(interpreter)
+                zygote = Zygote(interpreter)
             except (SandboxError, OSError):
                 self._zygote_failures[interpreter] = ZYGOTE_START_ATTEMPTS
                 return None
@@ -1011,7 +850,7 @@ class LinuxSandboxFactory:
         if zygote is not None:
             zygote.kill()
 
-    def _start_zshell(self, zygote: _Zygote, cgroup: cgroups.Cgroup | None = None) -> _Shell:
+    def _start_zshell(self, zygote: Zygote, cgroup: cgroups.Cgroup | None = None) -> WarmLauncher:
         """Ask `zygote` for a keeper that joins a pooled cgroup and builds the skeleton."""
         assert self._cgroups is not None
         cgroup = cgroup or self._cgroups.acquire()
@@ -1029,16 +868,16 @@ class LinuxSandboxFactory:
         finally:
             child.close()
         parent.setblocking(False)
-        return _Shell(_ForkedProc(), parent, cgroup, image, zygote)
+        return WarmLauncher(ForkedProcess(), parent, cgroup, image, zygote)
 
-    def _drain_keeper(self, shell: _Shell) -> None:
+    def _drain_keeper(self, shell: WarmLauncher) -> None:
         """Read what a keeper's setup socket holds already (the zygote's `forked` with the
         keeper's pidfd, `joined`), without waiting."""
         proc = shell.proc
-        assert isinstance(proc, _ForkedProc)
+        assert isinstance(proc, ForkedProcess)
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(shell.sock, _MSG_MAX, 4,
+                data, fds, _flags, _addr = socket.recv_fds(shell.sock, MSG_MAX, 4,
                                                            socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, OSError):
                 return
@@ -1055,14 +894,14 @@ class LinuxSandboxFactory:
             if message is None:
                 return
 
-    async def _await_keeper(self, shell: _Shell) -> bool:
+    async def _await_keeper(self, shell: WarmLauncher) -> bool:
         """Wait until the zygote reported the keeper and the keeper joined its cgroup."""
         proc = shell.proc
-        assert isinstance(proc, _ForkedProc)
+        assert isinstance(proc, ForkedProcess)
         deadline = time.monotonic() + self.setup_timeout
         while not (shell.joined and proc.pidfd >= 0):
             try:
-                message, fds = await _recv(shell.sock, deadline)
+                message, fds = await recv_message(shell.sock, deadline)
             except (OSError, TimeoutError):
                 return False
             if message is None:
@@ -1085,7 +924,7 @@ class LinuxSandboxFactory:
                 os.close(fd)
         return True
 
-    async def _acquire_zshell(self, interpreter: str) -> _Shell | None:
+    async def _acquire_zshell(self, interpreter: str) -> WarmLauncher | None:
         """A keeper of `interpreter`'s zygote, joined and with the skeleton built; None
         when the zygote cannot be used (the caller falls back to a launcher and exec)."""
         loop = asyncio.get_running_loop()
@@ -1294,7 +1133,7 @@ class LinuxSandboxFactory:
         for interpreter in list(self._zygotes):
             pool = self._zshells.get(interpreter, [])
             for shell in pool:
-                if isinstance(shell.proc, _ForkedProc) and shell.proc.pidfd < 0:
+                if isinstance(shell.proc, ForkedProcess) and shell.proc.pidfd < 0:
                     self._drain_keeper(shell)
             self._zygotes.pop(interpreter).kill()  # warm keepers die with it (PDEATHSIG)
         for pool in self._zshells.values():
