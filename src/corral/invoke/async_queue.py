@@ -152,6 +152,7 @@ class AsyncInvoker:
         self._backoff = tuple(throttle_backoff_s)
         self._wakeup = asyncio.Event()
         self._batch: list[AsyncEvent] = []
+        self._finished: list[str] = []  # event ids to remove in the next batch
         self._batch_done: asyncio.Future[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -219,6 +220,8 @@ class AsyncInvoker:
         while True:
             events = self._queue.claim(self._clock(), 1)
             if not events:
+                if self._finished:
+                    self._commit_finished()
                 return delivered
             await self._deliver(events[0])
             delivered += 1
@@ -316,17 +319,37 @@ class AsyncInvoker:
         if condition is not None and condition != Condition.SUCCESS:
             log.warning("event %s for %s ended: %s after %d attempt(s)", event.event_id,
                         event.function_name, condition.value, attempts)
-        self._queue.complete(event.event_id, rows)
         if rows:
+            self._queue.complete(event.event_id, rows)
             self._wakeup.set()
+        else:
+            self._complete_soon(event.event_id)
         self._notify(AsyncOutcome(event, result, final=True))
+
+    def _complete_soon(self, event_id: str) -> None:
+        """Remove a finished event together with the others finishing in this loop iteration
+        (one transaction instead of one per event). A crash before the commit redelivers it:
+        at least once, as always."""
+        self._finished.append(event_id)
+        if len(self._finished) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_finished)
+
+    def _commit_finished(self) -> None:
+        finished, self._finished = self._finished, []
+        if not finished:
+            return
+        try:
+            self._queue.complete_many(finished)
+        except Exception:
+            log.exception("removing %d finished events failed; they will be redelivered",
+                          len(finished))
 
     async def _send(self, event: Queued) -> None:
         sender = self.senders.get(event.kind)
         if sender is None:
             log.error("dropping %s delivery %s to %s: no sender for it", event.kind,
                       event.event_id, event.function_name)
-            self._queue.complete(event.event_id)
+            self._complete_soon(event.event_id)
             return
         try:
             await asyncio.get_running_loop().run_in_executor(
@@ -338,14 +361,14 @@ class AsyncInvoker:
             if next_at > event.enqueued_at + self._settings.max_event_age_s:
                 log.error("dropping %s delivery %s to %s after %d tries: %s", event.kind,
                           event.event_id, event.function_name, event.throttles + 1, exc)
-                self._queue.complete(event.event_id)
+                self._complete_soon(event.event_id)
             else:
                 log.warning("%s delivery %s to %s failed (%s); retrying", event.kind,
                             event.event_id, event.function_name, exc)
                 self._queue.retry(event.event_id, event.attempts, next_at,
                                   throttles=event.throttles + 1)
             return
-        self._queue.complete(event.event_id)
+        self._complete_soon(event.event_id)
 
     def _notify(self, outcome: AsyncOutcome) -> None:
         for listener in self.listeners:
@@ -361,3 +384,5 @@ class AsyncInvoker:
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
+        if self._finished:  # finished events whose removal was not committed yet
+            self._commit_finished()

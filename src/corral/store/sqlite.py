@@ -244,6 +244,19 @@ class SqliteEventQueue:
                 conn.execute("ROLLBACK")
                 raise
 
+    def complete_many(self, event_ids: Sequence[str]) -> None:
+        """Remove finished events in one transaction."""
+        conn = self._db.conn
+        with self._db.lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("DELETE FROM async_events WHERE event_id = ?",
+                                 [(event_id,) for event_id in event_ids])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
     def retry(self, event_id: str, attempts: int, next_attempt_at: float,
               throttles: int | None = None, last_result: str | None = None) -> None:
         """Release the event for another try at `next_attempt_at`."""
