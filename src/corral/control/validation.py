@@ -41,33 +41,29 @@ def _integer(params: dict[str, Any], key: str, field: str) -> int | None:
     return value
 
 
-def memory_size(params: dict[str, Any], limits: Limits) -> int | None:
-    value = _integer(params, "MemorySize", "memorySize")
+def _bounded(params: dict[str, Any], key: str, field: str, low: int, high: int) -> int | None:
+    """An optional integer parameter within [low, high], with the service's messages."""
+    value = _integer(params, key, field)
     if value is None:
         return None
-    if value < limits.memory_min_mb:
-        raise _constraint(value, "memorySize",
-                          f"Member must have value greater than or equal to {limits.memory_min_mb}")
-    if value > limits.memory_max_mb:
-        raise _constraint(value, "memorySize",
-                          f"Member must have value less than or equal to {limits.memory_max_mb}")
-    if (value - limits.memory_min_mb) % limits.memory_step_mb:
+    if value < low:
+        raise _constraint(value, field, f"Member must have value greater than or equal to {low}")
+    if value > high:
+        raise _constraint(value, field, f"Member must have value less than or equal to {high}")
+    return value
+
+
+def memory_size(params: dict[str, Any], limits: Limits) -> int | None:
+    value = _bounded(params, "MemorySize", "memorySize", limits.memory_min_mb,
+                     limits.memory_max_mb)
+    if value is not None and (value - limits.memory_min_mb) % limits.memory_step_mb:
         raise _constraint(value, "memorySize",
                           f"Member must be a multiple of {limits.memory_step_mb} MB")
     return value
 
 
 def timeout(params: dict[str, Any], limits: Limits) -> int | None:
-    value = _integer(params, "Timeout", "timeout")
-    if value is None:
-        return None
-    if value < limits.timeout_min_s:
-        raise _constraint(value, "timeout",
-                          f"Member must have value greater than or equal to {limits.timeout_min_s}")
-    if value > limits.timeout_max_s:
-        raise _constraint(value, "timeout",
-                          f"Member must have value less than or equal to {limits.timeout_max_s}")
-    return value
+    return _bounded(params, "Timeout", "timeout", limits.timeout_min_s, limits.timeout_max_s)
 
 
 def ephemeral_storage(params: dict[str, Any], limits: Limits) -> int | None:
