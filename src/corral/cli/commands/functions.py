@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
-from botocore.exceptions import ClientError
 
-from corral.cli.client import connection_options, describe_error, get_connection
+from corral.cli.client import connection_options, get_connection
 from corral.cli.output import (
     echo_json,
-    error,
     format_bytes,
     format_last_modified,
     note,
     table,
 )
+from corral.cli.removal import delete_each
 
 __all__ = ["list_functions", "ls", "rm"]
 
@@ -57,20 +55,4 @@ def rm(names: tuple[str, ...], yes: bool, endpoint_url: str | None,
        data_dir: str | None) -> None:
     """Delete functions (asks first when run interactively)."""
     lam = get_connection(endpoint_url, data_dir).lambda_client()
-    if not yes and sys.stdin.isatty():
-        listed = ", ".join(names)
-        if not click.confirm(f"Delete {len(names)} function{'s' * (len(names) > 1)} "
-                             f"({listed})?", default=False, err=True):
-            note("Nothing deleted.")
-            raise click.exceptions.Exit(1)
-    failed = False
-    for name in names:
-        try:
-            lam.delete_function(FunctionName=name)
-        except ClientError as exc:
-            failed = True
-            error(describe_error(exc) or str(exc))
-            continue
-        click.echo(f"Deleted {name}")
-    if failed:
-        raise click.exceptions.Exit(1)
+    delete_each(names, "function", lambda name: lam.delete_function(FunctionName=name), yes)

@@ -15,16 +15,15 @@ what happens to runs missed while the server is down.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import click
-from botocore.exceptions import ClientError
 
-from corral.cli.client import CliError, connection_options, describe_error, get_connection
-from corral.cli.output import echo_json, error, note, table
+from corral.cli.client import CliError, connection_options, get_connection
+from corral.cli.output import echo_json, note, table
+from corral.cli.removal import delete_each
 
 __all__ = ["schedule"]
 
@@ -159,23 +158,14 @@ def rm(names: tuple[str, ...], yes: bool, endpoint_url: str | None,
        data_dir: str | None) -> None:
     """Delete schedules (their targets first)."""
     events = get_connection(endpoint_url, data_dir).client("events")
-    question = f"Delete {len(names)} schedule{'s' * (len(names) > 1)} ({', '.join(names)})?"
-    if not yes and sys.stdin.isatty() and not click.confirm(question, default=False, err=True):
-        raise click.exceptions.Exit(1)
-    failed = False
-    for name in names:
-        try:
-            ids = [t["Id"] for t in _targets(events, name)]
-            if ids:
-                events.remove_targets(Rule=name, Ids=ids)
-            events.delete_rule(Name=name)
-        except ClientError as exc:
-            failed = True
-            error(describe_error(exc) or str(exc))
-            continue
-        click.echo(f"Deleted {name}")
-    if failed:
-        raise click.exceptions.Exit(1)
+
+    def delete(name: str) -> None:
+        ids = [t["Id"] for t in _targets(events, name)]
+        if ids:
+            events.remove_targets(Rule=name, Ids=ids)
+        events.delete_rule(Name=name)
+
+    delete_each(names, "schedule", delete, yes)
 
 
 def _set_state(name: str, enable: bool, endpoint_url: str | None,
