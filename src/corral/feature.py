@@ -25,15 +25,19 @@ class Feature(Protocol):
         ...
 
 
-@dataclass
-class SimpleFeature:
-    """A feature with routes and no background work."""
-
-    name: str
-    routes: list[BaseRoute] = field(default_factory=list)
+class WithoutBackgroundWork:
+    """Mixin for features that only serve routes: start and stop have nothing to do."""
 
     async def start(self) -> None:
         """Nothing to start."""
 
     async def stop(self) -> None:
         """Nothing to stop."""
+
+
+@dataclass
+class SimpleFeature(WithoutBackgroundWork):
+    """A feature with routes and no background work."""
+
+    name: str
+    routes: list[BaseRoute] = field(default_factory=list)

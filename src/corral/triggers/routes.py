@@ -53,6 +53,7 @@ from corral.errors import (
     ResourceNotFoundException,
     TooManyRequestsException,
 )
+from corral.feature import WithoutBackgroundWork
 from corral.model import LATEST, Invocation, new_request_id
 from corral.triggers.httpmap import (
     ALL_METHODS,
@@ -221,7 +222,7 @@ def _server_error(reason: str) -> HttpReply:
                       [("x-corral-error", reason.replace("\n", " ")[:500])])
 
 
-class HttpRoutes:
+class HttpRoutes(WithoutBackgroundWork):
     """The routes of every API (persisted, cached) and the front end serving them."""
 
     name = "http-routes"
@@ -248,11 +249,6 @@ class HttpRoutes:
             Route("/http/{api}/{rest:path}", self.serve, methods=ALL_METHODS),
         ]
 
-    async def start(self) -> None:
-        """Nothing runs in the background."""
-
-    async def stop(self) -> None:
-        """Nothing to stop."""
 
     # -- cache -----------------------------------------------------------------------------------
     def _put(self, route: HttpRoute) -> None:

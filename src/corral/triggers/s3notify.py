@@ -41,6 +41,7 @@ from starlette.routing import BaseRoute, Route
 from corral.api.common import empty_response, json_response, signed_body, signed_json
 from corral.control.arns import parse_function_name
 from corral.errors import InvalidParameterValueException, ResourceNotFoundException
+from corral.feature import WithoutBackgroundWork
 from corral.model import LATEST, new_request_id
 from corral.triggers.store import Tables
 
@@ -162,7 +163,7 @@ def to_s3_record(record: dict[str, Any], region: str, configuration_id: str) -> 
     }
 
 
-class S3Notifications:
+class S3Notifications(WithoutBackgroundWork):
     """Subscriptions (persisted, cached) and the webhook that turns records into invokes."""
 
     name = "s3-notifications"
@@ -187,11 +188,6 @@ class S3Notifications:
                   methods=["POST", "PUT", "GET", "HEAD"]),
         ]
 
-    async def start(self) -> None:
-        """Nothing runs in the background."""
-
-    async def stop(self) -> None:
-        """Nothing to stop."""
 
     # -- control plane ---------------------------------------------------------------------------
     def webhook_url(self, request: Request, sub: S3Subscription) -> str:

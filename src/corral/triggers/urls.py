@@ -49,6 +49,7 @@ from corral.errors import (
     ResourceNotFoundException,
     TooManyRequestsException,
 )
+from corral.feature import WithoutBackgroundWork
 from corral.iam.sigv4 import Identity
 from corral.model import LATEST, Invocation, new_request_id
 from corral.triggers.httpmap import (
@@ -224,7 +225,7 @@ def apply_cors(reply: HttpReply, cors: dict[str, Any], origin: str | None) -> No
 
 # -- the feature ---------------------------------------------------------------------------------
 
-class FunctionUrls:
+class FunctionUrls(WithoutBackgroundWork):
     """Function URL configurations (persisted, cached by URL id) and their HTTP front."""
 
     name = "function-urls"
@@ -251,11 +252,6 @@ class FunctionUrls:
             Route("/lambda-url/{url_id}/{rest:path}", self.serve_by_path, methods=ALL_METHODS),
         ]
 
-    async def start(self) -> None:
-        """Nothing runs in the background."""
-
-    async def stop(self) -> None:
-        """Nothing to stop."""
 
     # -- storage ---------------------------------------------------------------------------------
     def _find(self, name: str, qualifier: str | None) -> UrlConfig | None:
