@@ -74,6 +74,9 @@ class Settings:
     # 1 ms today).
     billing_granularity_ms: int = 100
     reap_interval_s: float = 5.0
+    # Per-version templates (docs/sandbox.md): further instances of a Python version fork
+    # from an initialized one. A function opts out with the tag `corral:template=off`.
+    templates: bool = True
 
     @property
     def endpoint_url(self) -> str:

@@ -21,7 +21,8 @@ async def health(request: Request) -> Response:
                          "sandbox": svc.extras.get("sandbox", "unknown"),
                          "functions": len(svc.registry.all_functions()),
                          "runtimes": sorted(svc.registry.runtimes),
-                         "instances": {"idle": stats.idle, "busy": stats.busy}})
+                         "instances": {"idle": stats.idle, "busy": stats.busy,
+                                       "templates": stats.templates}})
 
 
 def build_app(services: Services, extra_routes: list[BaseRoute] | None = None) -> Starlette:

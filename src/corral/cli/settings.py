@@ -58,4 +58,5 @@ def build_settings(data_dir: str | None, listen: str | None = None, *,
         allow_insecure=insecure or os.environ.get("CORRAL_INSECURE") == "1",
         billing_granularity_ms=int(os.environ.get("CORRAL_BILLING_GRANULARITY_MS", "100")),
         default_network=os.environ.get("CORRAL_DEFAULT_NETWORK", "host"),
+        templates=os.environ.get("CORRAL_TEMPLATES", "on") != "off",
     )

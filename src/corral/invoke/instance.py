@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -35,7 +36,16 @@ from corral.invoke.channels import (
 from corral.model import FunctionConfig, Invocation, InvocationResult
 from corral.runtimeapi.backend import NextInvocation
 from corral.runtimes import RUNTIME_DIR, RuntimeInfo
-from corral.sandbox.api import ExitStatus, Sandbox, SandboxFactory, SandboxSpec, SandboxView
+from corral.sandbox.api import (
+    ExitStatus,
+    Sandbox,
+    SandboxFactory,
+    SandboxSpec,
+    SandboxView,
+    Template,
+)
+
+log = logging.getLogger(__name__)
 
 TAIL_BYTES = 4096
 
@@ -109,7 +119,8 @@ class Instance:
     def __init__(self, config: FunctionConfig, runtime: RuntimeInfo, code_dir: Path,
                  factory: SandboxFactory, logs: LogSink, settings: Settings,
                  clock: Callable[[], float] = time.monotonic, pinned: bool = False,
-                 network: str = "host", runtime_api: bool = False) -> None:
+                 network: str = "host", runtime_api: bool = False,
+                 template: Template | None = None) -> None:
         self.config = config
         # Provisioned concurrency: kept initialized, never reaped, reports no Init Duration.
         self.pinned = pinned
@@ -129,6 +140,8 @@ class Instance:
         self._settings = settings
         self._clock = clock
         self._sandbox: Sandbox | None = None
+        self._template = template  # fork from this version's template when given
+        self.forked = False  # started from the template (its init ran there)
         self._channel: RuntimeChannel | None = None
         self._init_failure: Reply | None = None
         self._exit: ExitStatus | None = None
@@ -192,7 +205,7 @@ class Instance:
         started = self._clock()
         spec = self._spec()
         try:
-            self._sandbox = await self._factory.spawn(spec)
+            self._sandbox = await self._fork(spec) or await self._factory.spawn(spec)
         except SandboxError as exc:
             self._init_failure = Reply("init_error", json.dumps(
                 {"errorMessage": str(exc), "errorType": FunctionErrorType.SANDBOX_FAILURE}
@@ -226,6 +239,23 @@ class Instance:
             reply = Reply("init_error", message.encode(), error_type=error_type)
         self._init_failure = reply
         await self._die()
+
+    async def _fork(self, spec: SandboxSpec) -> Sandbox | None:
+        """An instance forked from the version's template, or None (start one the usual way)."""
+        if self._template is None or not self._template.alive:
+            return None
+        try:
+            sandbox = await self._template.fork(spec)
+        except SandboxError as exc:
+            log.warning("template fork of %s failed, starting normally: %s",
+                        self.config.name, exc)
+            return None
+        self.forked = True
+        return sandbox
+
+    def sandbox_spec(self) -> SandboxSpec:
+        """What this instance's sandbox is started from (a template of its version too)."""
+        return self._spec()
 
     def _spec(self) -> SandboxSpec:
         spec = SandboxSpec(

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.config import Settings
-from corral.errors import ThrottleReason, TooManyRequestsException
+from corral.errors import SandboxError, ThrottleReason, TooManyRequestsException
+from corral.invoke import templates
 from corral.invoke.capacity import Capacity, host_capacity_mb
 from corral.invoke.instance import Instance, LogSink, State
 from corral.model import FunctionConfig, Invocation, InvocationResult
 from corral.runtimes import RuntimeInfo
-from corral.sandbox.api import SandboxFactory
+from corral.sandbox.api import SandboxFactory, SandboxSpec, Template
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Pool:
     retired: bool = False
     provisioned_target: int = 0  # instances kept initialized (provisioned concurrency)
     provisioning: int = 0  # provisioned instances being started
+    template: templates.TemplateSlot = field(default_factory=templates.TemplateSlot)
 
     def provisioned(self) -> int:
         return sum(1 for inst in (*self.idle, *self.busy) if inst.pinned and inst.alive)
@@ -58,6 +60,7 @@ class SchedulerStats:
     cold_starts: int
     warm_starts: int
     throttles: int
+    templates: int  # per-version templates initialized and ready to fork
 
 
 class Scheduler:
@@ -97,7 +100,8 @@ class Scheduler:
         return SchedulerStats(
             pools=len(self._pools), idle=sum(len(p.idle) for p in self._pools.values()),
             busy=sum(len(p.busy) for p in self._pools.values()), cold_starts=self._cold,
-            warm_starts=self._warm, throttles=self._throttles)
+            warm_starts=self._warm, throttles=self._throttles,
+            templates=sum(1 for p in self._pools.values() if p.template.usable()))
 
     def instances(self, name: str) -> list[Instance]:
         return [inst for (fn, _, _), pool in self._pools.items() if fn == name
@@ -142,7 +146,7 @@ class Scheduler:
                     f"Host capacity exhausted: {self.capacity.used_mb} of "
                     f"{self.capacity.limit_mb} MB are held by busy instances.",
                     ThrottleReason.CONCURRENT_INVOCATION_LIMIT))
-            instance = self._new_instance(config)
+            instance = self._new_instance(config, template=pool.template.usable())
             self._cold += 1
         else:
             self._warm += 1
@@ -165,6 +169,7 @@ class Scheduler:
         try:
             if instance.state is State.STARTING:
                 await instance.start()
+                self._template_after_start(pool, instance)
             result = await instance.invoke(invocation)
             for observer in self.observers:
                 try:
@@ -184,6 +189,8 @@ class Scheduler:
             else:
                 self._destroy_later(instance)
                 self._replenish(pool)
+                if pool.retired and not pool.busy:
+                    self._drop_template(pool)
 
     # provisioned concurrency ----------------------------------------------------------------
     def provision(self, config: FunctionConfig, count: int) -> None:
@@ -217,6 +224,7 @@ class Scheduler:
         instance = self._new_instance(pool.config, pinned=True)
         try:
             await instance.start()
+            self._template_after_start(pool, instance)
         finally:
             pool.provisioning -= 1
         if instance.alive and not pool.retired and not self._closing:
@@ -224,14 +232,16 @@ class Scheduler:
         else:
             self._destroy_later(instance)
 
-    def _new_instance(self, config: FunctionConfig, pinned: bool = False) -> Instance:
+    def _new_instance(self, config: FunctionConfig, pinned: bool = False,
+                      template: Template | None = None) -> Instance:
         tags = self._tags_for(config.name)
         network = tags.get("corral:network", self._settings.default_network)
         instance = Instance(config, self._runtime_for(config.runtime),
                             self._code_tree(config.code.sha256_hex), self._factory,
                             self._logs, self._settings, self._clock, pinned=pinned,
                             network=network if network in ("none", "host") else "host",
-                            runtime_api=tags.get("corral:protocol") == "runtime-api")
+                            runtime_api=tags.get("corral:protocol") == "runtime-api",
+                            template=template)
         self.capacity.take(config.memory_mb)
         self._live.add(instance)
         return instance
@@ -247,7 +257,70 @@ class Scheduler:
             self._destroy_later(instance)  # releases its memory at once
             if self.capacity.fits(memory_mb):
                 return True
+        for pool in self._pools.values():  # then templates of versions with no instance
+            if pool.template.holds_capacity and not pool.idle and not pool.busy:
+                self._drop_template(pool)
+                if self.capacity.fits(memory_mb):
+                    return True
         return False
+
+    # per-version templates ------------------------------------------------------------------
+    def _template_after_start(self, pool: Pool, instance: Instance) -> None:
+        """Build the version's template once one of its instances is ready."""
+        slot = pool.template
+        if slot.template is not None and not slot.template.alive:  # it died: try again
+            slot.failures += 1
+            self._drop_template(pool)
+        if (not instance.alive or instance.forked or pool.retired or self._closing
+                or not slot.wanted()):
+            return
+        if not templates.eligible(self._settings, instance.runtime,
+                                  self._tags_for(pool.config.name)):
+            return
+        if not self._make_room(pool.config.memory_mb):
+            return
+        self.capacity.take(pool.config.memory_mb)
+        slot.holds_capacity = True
+        slot.building = asyncio.ensure_future(self._build_template(pool, instance.sandbox_spec()))
+        self._teardown.add(slot.building)
+        slot.building.add_done_callback(self._teardown.discard)
+
+    async def _build_template(self, pool: Pool, spec: SandboxSpec) -> None:
+        slot = pool.template
+        budget = self._settings.init_timeout_s + pool.config.timeout_s
+        try:
+            template = await asyncio.wait_for(self._factory.template(spec), budget)
+        except (TimeoutError, SandboxError):
+            template = None
+        finally:
+            slot.building = None
+        if template is None:
+            slot.failures += 1
+            self._release_template_capacity(pool)
+            return
+        if pool.retired or self._closing:
+            self._release_template_capacity(pool)
+            await template.destroy()
+            return
+        slot.template = template
+
+    def _drop_template(self, pool: Pool) -> None:
+        """Destroy the pool's template (its instances must be gone or going)."""
+        slot = pool.template
+        if slot.building is not None:
+            slot.building.cancel()
+            slot.building = None
+        template, slot.template = slot.template, None
+        self._release_template_capacity(pool)
+        if template is not None:
+            task = asyncio.ensure_future(template.destroy())
+            self._teardown.add(task)
+            task.add_done_callback(self._teardown.discard)
+
+    def _release_template_capacity(self, pool: Pool) -> None:
+        if pool.template.holds_capacity:
+            pool.template.holds_capacity = False
+            self.capacity.release(pool.config.memory_mb)
 
     def _take_idle(self, pool: Pool) -> Instance | None:
         while pool.idle:
@@ -278,6 +351,8 @@ class Scheduler:
         for instance in pool.idle:
             self._destroy_later(instance)
         pool.idle.clear()
+        if not pool.busy:
+            self._drop_template(pool)
 
     def _destroy_later(self, instance: Instance) -> None:
         if instance in self._live:
@@ -299,8 +374,9 @@ class Scheduler:
                     reaped += 1
             pool.idle[:] = keep
         for key in [k for k, p in self._pools.items()
-                    if not p.idle and not p.busy and not p.provisioned_target]:
-            del self._pools[key]
+                    if not p.idle and not p.busy and not p.provisioned_target
+                    and not p.provisioning]:
+            self._drop_template(self._pools.pop(key))
         return reaped
 
     async def run_reaper(self) -> None:
@@ -324,6 +400,10 @@ class Scheduler:
             for instance in (*pool.idle, *pool.busy):
                 self._destroy_later(instance)
             pool.idle.clear()
+        with contextlib.suppress(Exception):
+            await self.drain()
+        for pool in self._pools.values():  # after their instances
+            self._drop_template(pool)
         self._pools.clear()
         with contextlib.suppress(Exception):
             await self.drain()

@@ -67,6 +67,19 @@ def _import_framing():
     return framing
 
 
+def _import_template():
+    """The sibling python_template.py when this process is a per-version template (the
+    host sets CORRAL_TEMPLATE=1), imported before sys.path puts the task root first."""
+    if os.environ.pop("CORRAL_TEMPLATE", None) != "1":
+        return None
+    sys.path.insert(0, _SELF_DIR)
+    import python_template
+
+    if sys.modules.get("python_template") is python_template:
+        del sys.modules["python_template"]
+    return python_template
+
+
 def _unbuffer_stdio():
     """Make stdout/stderr unbuffered (what `python -u` does): each write is one write(2)."""
     import io
@@ -579,6 +592,7 @@ class FramedTransport:
     """The framed control protocol on an inherited AF_UNIX stream socket."""
 
     def __init__(self, fd, framing):
+        self.fd = fd
         self._sock = _FdSocket(fd)
         self._framing = framing
         self._ready_sent = False
@@ -813,6 +827,7 @@ def main():
     global _REQUEST_ID, _TENANT_ID
 
     framing = _import_framing()  # before sys.path is rebuilt
+    template = _import_template()
     task_root = _setup_sys_path()
     if os.path.isdir(task_root):
         try:
@@ -835,12 +850,17 @@ def main():
 
         logging.warning(_UNHANDLED_WARNING)
         _log_error(error_result)
+        if template is not None:  # the host falls back to ordinary instances
+            sys.exit(1)
         try:
             transport.init_error(_to_json(error_result).encode("utf-8"),
                                  error_result["errorType"])
         except (OSError, _TransportError, EOFError) as post_error:
             sys.stderr.write(f"corral: could not report init error: {post_error}\n")
         sys.exit(1)
+
+    if template is not None:  # returns in each instance forked from the template
+        transport = FramedTransport(template.serve(transport.fd), framing)
 
     while True:
         try:

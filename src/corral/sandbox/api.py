@@ -13,6 +13,12 @@ Lifecycle guarantees every implementation gives:
   every resource; after it returns nothing of the sandbox remains on the host.
 * Accounting (`memory_peak_bytes`, `oom_killed`) is best effort: `None`/`False` when the
   implementation cannot measure.
+* `SandboxFactory.template(spec)` returns a `Template` whose init has run, or None when the
+  implementation has none (the caller keeps using `spawn`). `Template.fork(spec)` gives a
+  `Sandbox` with the same guarantees as `spawn`'s, except that the runtime is initialized
+  already and the isolation is the one docs/sandbox.md states for templates. Every sandbox
+  forked from a template dies with it: `destroy()` the template only once its instances
+  are gone.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class SandboxSpec:
     pids_max: int = 1024
     nofile_max: int = 1024
     extra_ro_paths: tuple[Path, ...] = field(default_factory=tuple)
+    template: bool = False  # start a per-version template instead of an instance
 
 
 @dataclass(frozen=True)
@@ -122,8 +129,28 @@ class Sandbox(Protocol):
         ...
 
 
+class Template(Protocol):
+    """An initialized instance of one version that forks further instances of it."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def fork(self, spec: SandboxSpec) -> Sandbox:
+        """A new instance (spec: its memory, network, environment); raises SandboxError."""
+        ...
+
+    async def destroy(self) -> None:
+        """Kill the template and every instance forked from it. Idempotent."""
+        ...
+
+
 class SandboxFactory(Protocol):
     def report(self) -> IsolationReport: ...
+
+    async def template(self, spec: SandboxSpec) -> Template | None:
+        """Start a template of spec's version and wait for its init; None when this
+        factory has no templates or the init failed (instances then start with spawn)."""
+        ...
 
     def view(self, spec: SandboxSpec) -> SandboxView:
         """The paths the function will see, known before spawning (to build env and argv)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import marshal
 import os
 import re
@@ -51,6 +52,9 @@ from corral.sandbox.launchers import (
     send_message,
 )
 from corral.sandbox.process import exit_status_from_wait
+from corral.sandbox.templates import LinuxTemplate
+
+log = logging.getLogger(__name__)
 
 DEFAULT_UID = 10001
 DEFAULT_GID = 10001
@@ -615,6 +619,7 @@ class LinuxSandboxFactory:
             self._cgroups = cgroups.CgroupPool(driver, prefill=warm_shells + 2)
             self._images = ephemeral.EphemeralPool(self._images_dir, uid, gid)
             self._seccomp = seccomp.program()
+            self._template_seccomp = seccomp.program(template=True)
             self._cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
             self._links, self._binds = self._base_layout()
             first = warm_shells + (self._zygote_shells if self.zygote_mode != "off" else 0)
@@ -691,7 +696,8 @@ class LinuxSandboxFactory:
             "overlay": overlay,
             "tmp_device": tmp_device,
             "tmp_mb": spec.ephemeral_mb,
-            "proc_masks": list(_PROC_MASKS),
+            # a template's instances mount their own /proc: one with masks would be refused
+            "proc_masks": [] if spec.template else list(_PROC_MASKS),
             "netns": spec.network == "none",
             "api_port": api_port,
             "nofile": spec.nofile_max,
@@ -700,7 +706,7 @@ class LinuxSandboxFactory:
             "cwd": TASK_ROOT,
             "argv": list(spec.argv),
             "env": env,
-            "seccomp": self._seccomp,
+            "seccomp": self._template_seccomp if spec.template else self._seccomp,
         }
 
     # ------------------------------------------------------------------------- resources
@@ -1110,6 +1116,41 @@ class LinuxSandboxFactory:
                 raise
             raise SandboxError(f"could not start the sandbox: {exc}") from exc
         return sandbox
+
+    # ------------------------------------------------------------------------- templates
+
+    async def template(self, spec: SandboxSpec) -> LinuxTemplate | None:
+        """A per-version template of `spec`'s version (Python runtimes of the built-in
+        bootstrap only), or None when its init fails."""
+        if self._closed or spec.runtime_api or self._zygote_interpreter(spec) is None:
+            return None
+        try:
+            return await LinuxTemplate.start(self, spec)
+        except SandboxError as exc:
+            log.info("no template for %s: %s", spec.env.get("AWS_LAMBDA_FUNCTION_NAME"), exc)
+            return None
+
+    # what templates.py needs of the factory
+    shm_mb = SHM_MB
+    proc_masks = _PROC_MASKS
+
+    @property
+    def cap_last(self) -> int:
+        return self._cap_last
+
+    @property
+    def seccomp_program(self) -> bytes:
+        return self._seccomp
+
+    @property
+    def spawn_executor(self) -> ThreadPoolExecutor:
+        return self._spawn_executor
+
+    async def new_cgroup(self) -> cgroups.Cgroup:
+        return await self._new_cgroup()
+
+    def recycle_cgroup(self, cgroup: cgroups.Cgroup) -> None:
+        self._recycle_cgroup(cgroup)
 
     async def close(self) -> None:
         """Destroy live sandboxes, stop launchers, remove every cgroup, image and directory."""

@@ -187,6 +187,10 @@ class ProcessSandboxFactory:
             raise SandboxError(f"could not start {spec.argv[0]}: {exc}") from exc
         return sandbox
 
+    async def template(self, spec: SandboxSpec) -> None:
+        """No templates: without namespaces a fork could not be isolated from its template."""
+        return None
+
     async def close(self) -> None:
         """Nothing pooled."""
 

@@ -190,8 +190,17 @@ class _Assembler:
         return offset
 
 
-def build(arch: str | None = None) -> bytes:
-    """Assemble the deny-list program for `arch` (default: this machine)."""
+# What a per-version template may still do, so that each fork can enter fresh namespaces
+# (docs/sandbox.md, "Per-version templates"): `unshare` with exactly these flags and `mount`.
+# Every instance forked from it stacks the full program on top before running any invoke.
+TEMPLATE_UNSHARE_FLAGS = (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC
+                          | CLONE_NEWUTS | CLONE_NEWNET)
+TEMPLATE_ALLOWED = ("unshare", "mount")
+
+
+def build(arch: str | None = None, template: bool = False) -> bytes:
+    """Assemble the deny-list program for `arch` (default: this machine); `template`
+    relaxes it for a per-version template (TEMPLATE_ALLOWED, unshare flags checked)."""
     arch = arch or native_arch()
     if arch not in _AUDIT_ARCH:
         raise ValueError(f"no seccomp filter for architecture {arch}")
@@ -206,7 +215,11 @@ def build(arch: str | None = None) -> bytes:
     a.jump(_JEQ_K, _CLONE3[arch], jt="enosys")
     a.jump(_JEQ_K, _SOCKET[arch], jt="socket")
     index = 0 if arch == "x86_64" else 1
-    numbers = sorted({nr for nrs in DENIED.values() if (nr := nrs[index]) is not None})
+    if template:
+        a.jump(_JEQ_K, DENIED["unshare"][index] or 0, jt="unshare")
+    numbers = sorted({nr for name, nrs in DENIED.items()
+                      if (nr := nrs[index]) is not None
+                      and not (template and name in TEMPLATE_ALLOWED)})
     for nr in numbers:
         a.jump(_JEQ_K, nr, jt="eperm")
     a.stmt(_RET_K, RET_ALLOW)
@@ -215,6 +228,12 @@ def build(arch: str | None = None) -> bytes:
     a.stmt(_LD_W_ABS, _arg_lo(0))
     a.jump(_JSET_K, NAMESPACE_FLAGS, jt="eperm")
     a.stmt(_RET_K, RET_ALLOW)
+
+    if template:
+        a.label("unshare")
+        a.stmt(_LD_W_ABS, _arg_lo(0))
+        a.jump(_JSET_K, 0xFFFFFFFF & ~TEMPLATE_UNSHARE_FLAGS, jt="eperm")
+        a.stmt(_RET_K, RET_ALLOW)
 
     a.label("socket")
     a.stmt(_LD_W_ABS, _arg_lo(0))
@@ -238,9 +257,9 @@ def build(arch: str | None = None) -> bytes:
 
 
 @functools.cache
-def program(arch: str | None = None) -> bytes:
+def program(arch: str | None = None, template: bool = False) -> bytes:
     """The cached filter for `arch` (default: this machine)."""
-    return build(arch)
+    return build(arch, template)
 
 
 def denied_names(arch: str | None = None) -> list[str]:
