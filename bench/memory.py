@@ -8,8 +8,9 @@ parent (one child: the runtime), it is part of the instance and added to the "in
 (a shared parent, e.g. a zygote, is not). The server's pool of pre-started launchers/zygotes
 (shared by all future instances) is reported apart.
 Measured with one instance, then with 5 warm instances of the same function (PSS divides shared
-pages among them). The idle serverless-offline Python process for the same handler is measured
-for context.
+pages among them), then for instances forked from a per-version template (one invoke, wait for
+the template, five concurrent holds; the template itself is reported apart). The idle
+serverless-offline Python process for the same handler is measured for context.
 
 Part 2 (server): a fresh server, 1,000 functions created through boto3 from one small shared zip,
 then the server process's VmRSS (and VmHWM); then the server is restarted on the same data dir
@@ -45,9 +46,18 @@ def handler(event, context):
 """
 
 
+def template_pids(name: str) -> list[int]:
+    """The function's per-version templates (their environment says so)."""
+    return [pid for pid in bl.pids_with_env("AWS_LAMBDA_FUNCTION_NAME", name)
+            if bl.proc_environ(pid).get("CORRAL_TEMPLATE") == "1"]
+
+
 def instance_memory(name: str) -> list[dict[str, Any]]:
-    """Per instance: its runtime process(es) and the init process above them."""
-    runtime_pids = bl.pids_with_env("AWS_LAMBDA_FUNCTION_NAME", name)
+    """Per instance: its runtime process(es) and the init process above them (templates
+    are not instances)."""
+    templates = set(template_pids(name))
+    runtime_pids = [pid for pid in bl.pids_with_env("AWS_LAMBDA_FUNCTION_NAME", name)
+                    if pid not in templates]
     out = []
     for pid in runtime_pids:
         roll = bl.smaps_rollup(pid)
@@ -67,6 +77,7 @@ def instance_memory(name: str) -> list[dict[str, Any]]:
             entry["init_uss_kb"] = proll.get("Private_Clean", 0) + proll.get("Private_Dirty", 0)
         else:
             entry["init_pss_kb"] = entry["init_uss_kb"] = 0
+        entry["forked_from_template"] = parent in templates
         entry["total_pss_kb"] = entry["runtime_pss_kb"] + entry["init_pss_kb"]
         entry["total_uss_kb"] = entry["runtime_uss_kb"] + entry["init_uss_kb"]
         out.append(entry)
@@ -133,6 +144,25 @@ def main() -> int:
                 c.close()
             time.sleep(1.5)
             five = instance_memory(name5)
+            # instances forked from a per-version template: one invoke, wait for the
+            # template, then five concurrent holds (one reuses the first instance)
+            name_t = bl.unique("memt")
+            srv.create_function(lam, name_t, zip_bytes, memory=args.memory)
+            templates_before = srv.health()["instances"].get("templates", 0)
+            client.send(signer.invoke(name_t))
+            for _ in range(300):
+                if srv.health()["instances"].get("templates", 0) > templates_before:
+                    break
+                time.sleep(0.05)
+            hold_t = signer.invoke(name_t, json.dumps({"hold": 1.0}).encode())
+            clients = [bl.RawClient(srv.port) for _ in range(5)]
+            with cf.ThreadPoolExecutor(5) as pool:
+                list(pool.map(lambda c: c.send(hold_t), clients))
+            for c in clients:
+                c.close()
+            time.sleep(1.5)
+            forked = [e for e in instance_memory(name_t) if e["forked_from_template"]]
+            template_pss = [bl.smaps_rollup(p).get("Pss", 0) for p in template_pids(name_t)]
             client.close()
 
             peer_start.join(raise_error=False)
@@ -154,7 +184,9 @@ def main() -> int:
             per_instance = {e.get("init_pid") for e in one + five}
             launchers = [bl.smaps_rollup(p).get("Pss", 0) for p in bl.descendants(srv.pid)
                          if "nsinit" in bl.cmdline(p) and p not in per_instance]
-            result["instance"] = {"one": one, "five": five, "peer_python_process": peer_mem,
+            result["instance"] = {"one": one, "five": five, "forked": forked,
+                                  "template_pss_kb": template_pss,
+                                  "peer_python_process": peer_mem,
                                   "launcher_pool": {"processes": len(launchers),
                                                     "pss_kb_total": sum(launchers)}}
         finally:
@@ -221,6 +253,11 @@ def main() -> int:
         "instance_total_pss_mb_of_five": mb(five_total),
         "instance_total_uss_mb_of_five": mb(mean_of(inst["five"], "total_uss_kb")),
         "instances_found_of_five": len(inst["five"]),
+        "forked_instance_pss_mb": mb(mean_of(inst["forked"], "total_pss_kb")),
+        "forked_instance_uss_mb": mb(mean_of(inst["forked"], "total_uss_kb")),
+        "forked_instances_found": len(inst["forked"]),
+        "template_pss_mb": mb(sum(inst["template_pss_kb"]) if inst["template_pss_kb"]
+                              else None),
         "peer_python_pss_mb": mb(inst["peer_python_process"].get("pss_kb")),
         "launcher_pool_processes": inst["launcher_pool"]["processes"],
         "launcher_pool_pss_mb": mb(inst["launcher_pool"]["pss_kb_total"]),
@@ -238,7 +275,8 @@ def main() -> int:
                    summary["instance_total_pss_mb_one"], 5.0, "le", "MB", "<= 5 MB",
                    note=f"runtime process alone {summary['instance_runtime_pss_mb_one']} MB; "
                         f"per instance with 5 warm: {summary['instance_total_pss_mb_of_five']} MB"
-                        f"; USS {summary['instance_total_uss_mb_one']} MB"),
+                        f"; USS {summary['instance_total_uss_mb_one']} MB; an instance forked "
+                        f"from a template: {summary['forked_instance_pss_mb']} MB"),
         bl.verdict(f"server memory with {n_functions} functions registered, none running "
                    "(VmRSS, worse of after-creates and after-restart)",
                    worst_rss, 150.0, "le", "MB", "<= 150 MB RSS"),
@@ -251,6 +289,12 @@ def main() -> int:
                     ["per instance, 5 warm", summary["instance_runtime_pss_mb_of_five"],
                      summary["instance_total_pss_mb_of_five"],
                      summary["instance_total_uss_mb_of_five"]],
+                    [f"per instance forked from a template "
+                     f"({summary['forked_instances_found']} of them)",
+                     summary["forked_instance_pss_mb"], summary["forked_instance_pss_mb"],
+                     summary["forked_instance_uss_mb"]],
+                    ["the version's template (not per instance)", "-",
+                     summary["template_pss_mb"], "-"],
                     ["serverless-offline python process", summary["peer_python_pss_mb"], "-",
                      summary["peer_python_uss_mb"]],
                     [f"server's launcher pool ({summary['launcher_pool_processes']} processes, "

@@ -221,7 +221,8 @@ class Scheduler:
             task.add_done_callback(self._teardown.discard)
 
     async def _start_provisioned(self, pool: Pool) -> None:
-        instance = self._new_instance(pool.config, pinned=True)
+        instance = self._new_instance(pool.config, pinned=True,
+                                      template=pool.template.usable())
         try:
             await instance.start()
             self._template_after_start(pool, instance)

@@ -212,6 +212,7 @@ def _become_instance(request, fds, template_fds):
         os.close(log)
         os.set_inheritable(control, False)
         os.environ.update(request.get("env") or {})
+        _show_environ(dict(os.environ))
         hooks = _hooks()
         if hooks is not None:
             hooks.run_after_restore()
@@ -250,6 +251,27 @@ def _build_view(request, netns):
                         struct.pack("16sH22x", b"lo", current | IFF_UP | IFF_RUNNING))
         finally:
             sock.close()
+
+
+def _show_environ(env):
+    """Make /proc/<pid>/environ show this instance's environment, not the template's (the
+    area the kernel shows is the one the process started with: overwrite it in place, as
+    nsinit.set_proc_strings does; what does not fit is left out)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (proc(5))
+    except (OSError, ValueError, IndexError):
+        return
+    data = b""
+    for key, value in env.items():
+        entry = os.fsencode(f"{key}={value}") + b"\0"
+        if len(data) + len(entry) > end - start:
+            break
+        data += entry
+    if end > start:
+        ctypes.memmove(ctypes.c_void_p(start), data + bytes(end - start - len(data)),
+                       end - start)
 
 
 def _drop_privileges(cap_last):

@@ -1071,6 +1071,11 @@ class LinuxSandboxFactory:
             not_enforced.append("python instances fork from a per-interpreter zygote: they "
                                 "share its address-space layout and hash secret, and pages "
                                 "shared with it are not charged to the instance")
+        if self.zygote_mode != "off":
+            not_enforced.append("per-version templates (CORRAL_TEMPLATES=off, tag "
+                                "corral:template=off): a template's init code may create user "
+                                "namespaces and mount inside them; its forks' /tmp is a tmpfs "
+                                "charged to memory")
         if not loop_tmp:
             not_enforced.append("/tmp size cap on disk: no loop devices, /tmp is a tmpfs "
                                 "capped at EphemeralStorage but charged to the memory limit")

@@ -56,14 +56,15 @@ def test_program_is_cached_and_lists_names() -> None:
         seccomp.build("mips")
 
 
-def _in_filtered_child(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _in_filtered_child(probe: Callable[[], dict[str, Any]],
+                       program: bytes | None = None) -> dict[str, Any]:
     """Fork, load the filter in the child, run `probe` there and return its result."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
             os.close(read_fd)
-            seccomp.install(seccomp.program())
+            seccomp.install(program or seccomp.program())
             result = probe()
         except BaseException as exc:
             result = {"crash": repr(exc)}
@@ -141,3 +142,49 @@ def test_filtered_child_status_line() -> None:
         return {"seccomp": status["Seccomp"].strip(), "nnp": status["NoNewPrivs"].strip()}
 
     assert _in_filtered_child(probe) == {"seccomp": "2", "nnp": "1"}
+
+
+@needs_native_filter
+@pytest.mark.skipif(os.geteuid() != 0, reason="only meaningful when the calls would succeed")
+def test_template_program_allows_only_fresh_namespaces_and_mounts() -> None:
+    """A per-version template may unshare the namespaces its forks enter, and mount (inside
+    their user namespace); any other unshare flag, setns, umount, pivot_root and namespace
+    flags on clone stay refused. Stacking the instance program takes it all back."""
+
+    def probe() -> dict[str, Any]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        clone = {"x86_64": 56, "aarch64": 220}[seccomp.native_arch()]
+
+        def in_child(call: Callable[[], int]) -> str:  # namespaces must not leak into probe
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.write(write_fd, _errno_of(call).encode())
+                os._exit(0)
+            os.close(write_fd)
+            os.waitpid(pid, 0)
+            with os.fdopen(read_fd) as f:
+                return f.read()
+
+        out = {
+            "unshare_user_ns_pid": in_child(lambda: libc.unshare(0x10000000 | 0x00020000
+                                                                 | 0x20000000)),
+            "unshare_cgroup": in_child(lambda: libc.unshare(0x02000000)),
+            "unshare_files": in_child(lambda: libc.unshare(0x00000400)),
+            "setns": _errno_of(lambda: libc.setns(0, 0)),
+            "umount2": _errno_of(lambda: libc.umount2(b"/proc", 0)),
+            "pivot_root": _errno_of(lambda: libc.syscall(155 if clone == 56 else 41, b"/",
+                                                         b"/")),
+            "clone_newuser": _errno_of(lambda: libc.syscall(
+                ctypes.c_long(clone), ctypes.c_ulong(0x10000000 | 17), 0, 0, 0, 0)),
+        }
+        seccomp.install(seccomp.program())  # what a forked instance stacks on top
+        out["stacked_unshare"] = in_child(lambda: libc.unshare(0x10000000))
+        return out
+
+    result = _in_filtered_child(probe, seccomp.program(template=True))
+    assert result == {"unshare_user_ns_pid": "OK", "unshare_cgroup": "EPERM",
+                      "unshare_files": "EPERM", "setns": "EPERM", "umount2": "EPERM",
+                      "pivot_root": "EPERM", "clone_newuser": "EPERM",
+                      "stacked_unshare": "EPERM"}
