@@ -66,6 +66,20 @@ def handler(event, context):
         listener.listen(1)
         socket.create_connection(listener.getsockname(), timeout=2).close()
         return {"host": host, "loopback": "ok", "init": INIT_ID}
+    if event.get("fill_tmp_mb"):
+        written, err = 0, None
+        chunk = b"x" * (1024 * 1024)
+        try:
+            with open("/tmp/fill", "wb") as f:
+                for _ in range(event["fill_tmp_mb"]):
+                    f.write(chunk)
+                    written += 1
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            err = exc.errno
+        os.unlink("/tmp/fill")
+        return {"errno": err, "written_mb": written, "init": INIT_ID}
     if event.get("allocate_mb"):
         blocks = [bytearray(1024 * 1024) for _ in range(event["allocate_mb"])]
         return len(blocks)
@@ -220,6 +234,21 @@ class TestTemplates:
         assert body["errorType"] in ("Runtime.OutOfMemory", "Runtime.ExitError")
         ok = invoke(lam, name, {})
         assert ok[2] is None
+
+    def test_tmp_of_a_forked_instance_is_capped_on_disk(self, srv: Any, lam: Any) -> None:
+        """/tmp is the same ext4 image as for any instance: writing past EphemeralStorage
+        fails with ENOSPC (not an OOM kill), and it does not count against memory."""
+        before = templates_ready(srv)
+        name = unique("tpl-tmp")
+        create(lam, name, {"app.py": APP}, MemorySize=128, Timeout=60)
+        first, _report, _ = invoke(lam, name, {})
+        wait_for_templates(srv, before + 1)
+        results = concurrently(lam, name, [{"sleep": 2.0}, {"fill_tmp_mb": 600}])
+        body, _report, error = results[1]
+        assert error is None, body
+        assert body["init"] != first["init"]  # forked from the template
+        assert body["errno"] == 28  # ENOSPC
+        assert 400 <= body["written_mb"] < 600  # far past the 128 MB memory limit
 
     def test_network_none_instance_gets_its_own_network(self, srv: Any, lam: Any) -> None:
         """`corral:network=none`: a forked instance has a loopback of its own and cannot

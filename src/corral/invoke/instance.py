@@ -140,7 +140,7 @@ class Instance:
         self._settings = settings
         self._clock = clock
         self._sandbox: Sandbox | None = None
-        self._template = template  # fork from this version's template when given
+        self.template = template  # fork from this version's template when given
         self.forked = False  # started from the template (its init ran there)
         self._channel: RuntimeChannel | None = None
         self._init_failure: Reply | None = None
@@ -242,10 +242,10 @@ class Instance:
 
     async def _fork(self, spec: SandboxSpec) -> Sandbox | None:
         """An instance forked from the version's template, or None (start one the usual way)."""
-        if self._template is None or not self._template.alive:
+        if self.template is None or not self.template.alive:
             return None
         try:
-            sandbox = await self._template.fork(spec)
+            sandbox = await self.template.fork(spec)
         except SandboxError as exc:
             log.warning("template fork of %s failed, starting normally: %s",
                         self.config.name, exc)

@@ -168,6 +168,7 @@ class Scheduler:
                    invocation: Invocation) -> InvocationResult:
         try:
             if instance.state is State.STARTING:
+                await self._wait_for_template(pool, instance)
                 await instance.start()
                 self._template_after_start(pool, instance)
             result = await instance.invoke(invocation)
@@ -268,21 +269,42 @@ class Scheduler:
     # per-version templates ------------------------------------------------------------------
     def _template_after_start(self, pool: Pool, instance: Instance) -> None:
         """Build the version's template once one of its instances is ready."""
+        if instance.alive and not instance.forked:
+            self._start_template(pool, instance)
+
+    async def _wait_for_template(self, pool: Pool, instance: Instance) -> None:
+        """A cold start while another instance of the version is live (a scale-out, or a
+        burst) starts the version's template now if it has none, and waits for it: a burst
+        then forks from one init instead of running the init once per instance."""
+        slot = pool.template
+        if instance.template is not None:
+            return
+        if slot.building is None and len(pool.busy) + len(pool.idle) > 1:
+            self._start_template(pool, instance)
+        building = slot.building
+        if building is None:
+            return
+        budget = self._settings.init_timeout_s + pool.config.timeout_s
+        await asyncio.wait({building}, timeout=budget)
+        instance.template = slot.usable()
+
+    def _start_template(self, pool: Pool, instance: Instance) -> None:
         slot = pool.template
         if slot.template is not None and not slot.template.alive:  # it died: try again
             slot.failures += 1
             self._drop_template(pool)
-        if (not instance.alive or instance.forked or pool.retired or self._closing
-                or not slot.wanted()):
+        if pool.retired or self._closing or not slot.wanted():
             return
         if not templates.eligible(self._settings, instance.runtime,
                                   self._tags_for(pool.config.name)):
             return
-        if not self._make_room(pool.config.memory_mb):
+        spec = instance.sandbox_spec()
+        # an optimization: only free capacity, never an evicted warm instance
+        if not self._factory.can_template(spec) or not self.capacity.fits(pool.config.memory_mb):
             return
         self.capacity.take(pool.config.memory_mb)
         slot.holds_capacity = True
-        slot.building = asyncio.ensure_future(self._build_template(pool, instance.sandbox_spec()))
+        slot.building = asyncio.ensure_future(self._build_template(pool, spec))
         self._teardown.add(slot.building)
         slot.building.add_done_callback(self._teardown.discard)
 

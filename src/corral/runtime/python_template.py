@@ -28,6 +28,7 @@ instance before its first invoke.
 """
 
 import ctypes
+import gc
 import json
 import os
 import select
@@ -55,7 +56,9 @@ SECCOMP_MODE_FILTER = 2
 SECUREBITS = 0x01 | 0x02 | 0x08 | 0x20 | 0x40 | 0x80
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 IFF_UP, IFF_RUNNING = 0x1, 0x40
-FDS_PER_FORK = 2
+MOVE_MOUNT = 429  # the same number on x86_64 and aarch64
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _ulong = ctypes.c_ulong
@@ -122,6 +125,9 @@ def serve(control_fd):
     hooks = _hooks()
     if hooks is not None:
         hooks.run_before_snapshot()
+    # The collector of an instance must not walk (and so copy) the template's objects.
+    gc.collect()
+    gc.freeze()
     _send(ctl, {"op": "ready", "rss_bytes": _rss_bytes()})
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -151,9 +157,10 @@ def serve(control_fd):
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
             request = json.loads(line)
-            if request.get("op") != "fork" or len(fds) < FDS_PER_FORK:
+            count = int(request.get("fds", 2))
+            if request.get("op") != "fork" or len(fds) < count:
                 continue
-            mine, fds = fds[:FDS_PER_FORK], fds[FDS_PER_FORK:]
+            mine, fds = fds[:count], fds[count:]
             pid = os.fork()
             if pid == 0:
                 return _become_instance(request, mine, (ctl.detach(), wake_r, wake_w))
@@ -189,7 +196,8 @@ def _reap(ctl, intermediates):
 
 def _become_instance(request, fds, template_fds):
     """In the intermediate, then in the instance; returns the instance's control fd."""
-    control, log = fds
+    control, log = fds[0], fds[1]
+    tmp_mount = fds[2] if len(fds) > 2 else -1
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -204,7 +212,7 @@ def _become_instance(request, fds, template_fds):
         _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
         if os.fork():
             os._exit(0)  # the instance is re-parented to the template, which reaps it
-        _build_view(request, netns)
+        _build_view(request, netns, tmp_mount)
         _drop_privileges(int(request["cap_last"]))
         _load_seccomp(bytes.fromhex(request["seccomp"]))
         os.dup2(log, 1)
@@ -228,11 +236,19 @@ def _become_instance(request, fds, template_fds):
         os._exit(127)
 
 
-def _build_view(request, netns):
-    """What differs from the template: a private /tmp and /dev/shm, a /proc of this PID
-    namespace (masked like an ordinary instance's), and loopback in a new network."""
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={int(request['tmp_mb'])}m,mode=1777")
+def _build_view(request, netns, tmp_mount):
+    """What differs from the template: a private /tmp (the ext4 image the host mounted,
+    detached, for this instance; a tmpfs when the host has no loop devices) and /dev/shm,
+    a /proc of this PID namespace (masked like an ordinary instance's), and loopback in a
+    new network."""
+    if tmp_mount >= 0:
+        _check(_libc.syscall(ctypes.c_long(MOVE_MOUNT), ctypes.c_int(tmp_mount), b"",
+                             ctypes.c_int(AT_FDCWD), b"/tmp",
+                             ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), "move_mount /tmp")
+        os.close(tmp_mount)
+    else:
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={int(request['tmp_mb'])}m,mode=1777")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
            f"size={int(request['shm_mb'])}m,mode=1777")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -147,6 +147,10 @@ class Template(Protocol):
 class SandboxFactory(Protocol):
     def report(self) -> IsolationReport: ...
 
+    def can_template(self, spec: SandboxSpec) -> bool:
+        """Whether `template(spec)` could give a template (cheap; no process started)."""
+        ...
+
     async def template(self, spec: SandboxSpec) -> Template | None:
         """Start a template of spec's version and wait for its init; None when this
         factory has no templates or the init failed (instances then start with spawn)."""

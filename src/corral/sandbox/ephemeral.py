@@ -72,6 +72,41 @@ def shutdown_fs(fd: int) -> None:
         fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
 
 
+_FSOPEN, _FSCONFIG, _FSMOUNT = 430, 431, 432  # the same numbers on x86_64 and aarch64
+_FSOPEN_CLOEXEC = _FSMOUNT_CLOEXEC = 1
+_FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 1, 6
+_MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x2, 0x4
+
+
+def detached_mount(device: str) -> int:
+    """Mount the ext4 filesystem on `device` without attaching it anywhere (new mount API);
+    returns the mount fd. A process may `move_mount` it onto a directory of a mount
+    namespace it administers: how an instance forked from a template, in a user namespace
+    that cannot mount ext4 itself, gets its disk-backed /tmp."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def call(nr: int, *args: object) -> int:
+        result = int(libc.syscall(ctypes.c_long(nr), *args))
+        if result < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{os.strerror(err)} (mounting {device})")
+        return result
+
+    fs = call(_FSOPEN, b"ext4", ctypes.c_uint(_FSOPEN_CLOEXEC))
+    try:
+        call(_FSCONFIG, ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_SET_STRING), b"source",
+             os.fsencode(device), ctypes.c_int(0))
+        call(_FSCONFIG, ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_CMD_CREATE), None, None,
+             ctypes.c_int(0))
+        return call(_FSMOUNT, ctypes.c_int(fs), ctypes.c_uint(_FSMOUNT_CLOEXEC),
+                    ctypes.c_uint(_MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV))
+    finally:
+        os.close(fs)
+
+
 class Image:
     """One ext4 image file attached to a loop device; the host holds the device open."""
 

@@ -1074,8 +1074,7 @@ class LinuxSandboxFactory:
         if self.zygote_mode != "off":
             not_enforced.append("per-version templates (CORRAL_TEMPLATES=off, tag "
                                 "corral:template=off): a template's init code may create user "
-                                "namespaces and mount inside them; its forks' /tmp is a tmpfs "
-                                "charged to memory")
+                                "namespaces and mount inside them")
         if not loop_tmp:
             not_enforced.append("/tmp size cap on disk: no loop devices, /tmp is a tmpfs "
                                 "capped at EphemeralStorage but charged to the memory limit")
@@ -1124,10 +1123,14 @@ class LinuxSandboxFactory:
 
     # ------------------------------------------------------------------------- templates
 
+    def can_template(self, spec: SandboxSpec) -> bool:
+        """Python runtimes on the built-in bootstrap, through a zygote."""
+        return (not self._closed and not spec.runtime_api
+                and self._zygote_interpreter(spec) is not None)
+
     async def template(self, spec: SandboxSpec) -> LinuxTemplate | None:
-        """A per-version template of `spec`'s version (Python runtimes of the built-in
-        bootstrap only), or None when its init fails."""
-        if self._closed or spec.runtime_api or self._zygote_interpreter(spec) is None:
+        """A per-version template of `spec`'s version, or None when its init fails."""
+        if not self.can_template(spec):
             return None
         try:
             return await LinuxTemplate.start(self, spec)
@@ -1156,6 +1159,12 @@ class LinuxSandboxFactory:
 
     def recycle_cgroup(self, cgroup: cgroups.Cgroup) -> None:
         self._recycle_cgroup(cgroup)
+
+    async def acquire_image(self, size_mb: int) -> ephemeral.Image | None:
+        return await self._acquire_image(size_mb)
+
+    def recycle_image(self, image: ephemeral.Image, tmp_fd: int = -1) -> None:
+        self._recycle_image(image, tmp_fd)
 
     async def close(self) -> None:
         """Destroy live sandboxes, stop launchers, remove every cgroup, image and directory."""

@@ -187,6 +187,9 @@ class ProcessSandboxFactory:
             raise SandboxError(f"could not start {spec.argv[0]}: {exc}") from exc
         return sandbox
 
+    def can_template(self, spec: SandboxSpec) -> bool:
+        return False
+
     async def template(self, spec: SandboxSpec) -> None:
         """No templates: without namespaces a fork could not be isolated from its template."""
         return None

@@ -191,11 +191,12 @@ class _Assembler:
 
 
 # What a per-version template may still do, so that each fork can enter fresh namespaces
-# (docs/sandbox.md, "Per-version templates"): `unshare` with exactly these flags and `mount`.
+# (docs/sandbox.md, "Per-version templates"): `unshare` with exactly these flags, `mount`
+# and `move_mount` (the host's detached /tmp filesystem onto the fork's /tmp).
 # Every instance forked from it stacks the full program on top before running any invoke.
 TEMPLATE_UNSHARE_FLAGS = (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC
                           | CLONE_NEWUTS | CLONE_NEWNET)
-TEMPLATE_ALLOWED = ("unshare", "mount")
+TEMPLATE_ALLOWED = ("unshare", "mount", "move_mount")
 
 
 def build(arch: str | None = None, template: bool = False) -> bytes:

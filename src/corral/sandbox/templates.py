@@ -35,7 +35,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import SandboxError
-from corral.sandbox import cgroups
+from corral.sandbox import cgroups, ephemeral
 from corral.sandbox.api import ExitStatus, SandboxSpec, SandboxView
 from corral.sandbox.launchers import wait_readable
 from corral.sandbox.process import exit_status_from_wait
@@ -49,6 +49,7 @@ HELLO = b"corral-hello-v1\n"  # must match runtime/python_template.py
 FAILED = b"corral-error-v1\n"
 TEMPLATE_ENV = "CORRAL_TEMPLATE"
 MIN_INSTANCE_MB = 16  # an instance's own cgroup limit never goes below this
+MAX_CONTROL_LINE = 1 << 16  # a template is function code: bound what it can make us buffer
 EXIT_REPORT_GRACE_S = 0.5  # how long to wait for the template's exit report of a dead pid
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
@@ -116,6 +117,11 @@ class LinuxTemplate:
                 asyncio.get_running_loop().remove_reader(self._sandbox.control.fileno())
             return
         self._buffer += data
+        if len(self._buffer) > MAX_CONTROL_LINE and b"\n" not in self._buffer:
+            log.warning("template of pid %d floods its channel: killed", self.pid)
+            self._buffer = b""
+            self._sandbox.kill()
+            return
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             try:
@@ -153,6 +159,9 @@ class LinuxTemplate:
         instance = TemplateInstance(self, spec, factory.view(spec))
         try:
             await instance.start(self._request(spec))
+        except OSError as exc:  # the instance died during setup (pidfd, /proc, cgroup move)
+            await instance.destroy()
+            raise SandboxError(f"template fork failed: {exc}") from exc
         except BaseException:
             await instance.destroy()
             raise
@@ -231,6 +240,8 @@ class TemplateInstance:
         self.setup_timings: dict[str, float] = {}
         self._template = template
         self._cgroup: cgroups.Cgroup | None = None
+        self._image: ephemeral.Image | None = None
+        self._tmp_fd = -1  # the host's handle on that /tmp filesystem (to shut it down)
         self._pidfd = -1
         self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         self._oom_base = 0
@@ -244,22 +255,26 @@ class TemplateInstance:
         cgroup.configure(max(MIN_INSTANCE_MB, self.spec.memory_mb - shared_mb),
                          self.spec.pids_max)
         self._oom_base = cgroup.oom_kills()
+        mount_fd = await self._tmp_mount(factory)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         self.log_fd = read_fd
+        fds = [self._child_control.fileno(), write_fd] + ([mount_fd] if mount_fd >= 0 else [])
         try:
-            self._template.send_fork(request, [self._child_control.fileno(), write_fd])
+            self._template.send_fork(request | {"fds": len(fds)}, fds)
         except OSError as exc:
             raise SandboxError(f"the template is gone: {exc}") from exc
         finally:
             os.close(write_fd)
+            if mount_fd >= 0:
+                os.close(mount_fd)
             self._child_control.close()
         self.setup_timings["host_sent"] = _ms(begin)
         pid = await self._hello(time.monotonic() + factory.setup_timeout)
         self.setup_timings["host_hello"] = _ms(begin)
+        self.pid = pid
+        self._pidfd = os.pidfd_open(pid)  # first: from here on `pid` cannot be reused
         if not self._template.owns(pid):
             raise SandboxError(f"pid {pid} announced itself but is not the template's")
-        self.pid = pid
-        self._pidfd = os.pidfd_open(pid)
         ns_pid = _template_ns_pid(pid)
         await asyncio.get_running_loop().run_in_executor(factory.spawn_executor,
                                                          _move, pid, cgroup)
@@ -270,6 +285,19 @@ class TemplateInstance:
         self.control.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
         self.control.setblocking(False)
         self.setup_timings["spawn_total"] = _ms(begin)
+
+    async def _tmp_mount(self, factory: LinuxSandboxFactory) -> int:
+        """A detached mount of a pooled ext4 image for the instance's /tmp (ENOSPC at
+        EphemeralStorage, as for every other instance), or -1 without loop devices."""
+        image = await factory.acquire_image(self.spec.ephemeral_mb)
+        if image is None:
+            return -1
+        self._image = image
+        mount_fd = ephemeral.detached_mount(image.device)
+        self._tmp_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mount_fd)
+        with contextlib.suppress(OSError):  # an empty /tmp, like nsinit.mount_tmp leaves it
+            os.rmdir("lost+found", dir_fd=self._tmp_fd)
+        return mount_fd
 
     async def _hello(self, deadline: float) -> int:
         """Read the instance's HELLO and the pid the kernel attached to it."""
@@ -372,10 +400,17 @@ class TemplateInstance:
                 os.close(self.log_fd)
             self.log_fd = -1
         cgroup, self._cgroup = self._cgroup, None
+        factory = self._template._factory
         if cgroup is not None:
             if cgroup.pids():
                 await asyncio.to_thread(cgroup.kill_all)
-            self._template._factory.recycle_cgroup(cgroup)
+            factory.recycle_cgroup(cgroup)
+        image, self._image = self._image, None
+        tmp_fd, self._tmp_fd = self._tmp_fd, -1
+        if image is not None:
+            factory.recycle_image(image, tmp_fd)
+        elif tmp_fd >= 0:
+            os.close(tmp_fd)
 
 
 async def _first_line(sandbox: LinuxSandbox) -> dict[str, Any]:

@@ -111,6 +111,18 @@ class TestTemplates:
                         if i.instance_id == forked.instance_id)
         assert instance.forked
 
+    async def test_burst_forks_from_one_template(self, setup):
+        """Cold starts arriving while another instance of the version is starting wait for
+        the version's template: five at once run the init code twice, not five times."""
+        scheduler, _, function = setup()
+        fn = function("burst")
+        results = await asyncio.gather(*(scheduler.invoke(invocation(fn, b'{"sleep": 0.3}'))
+                                         for _ in range(5)))
+        assert all(r.function_error is None and r.cold_start for r in results)
+        assert len({r.instance_id for r in results}) == 5
+        assert len({r.payload for r in results}) == 2  # the first instance's init, the template's
+        assert sum(1 for i in scheduler.instances("burst") if i.forked) == 4
+
     async def test_template_holds_capacity(self, setup):
         """MemorySize of capacity per template, like an instance; released with it."""
         scheduler, _, function = setup()
@@ -147,17 +159,24 @@ class TestTemplates:
         assert scheduler.stats().templates == 0 and scheduler.capacity.used_mb == 0
 
     async def test_idle_version_template_is_evicted_for_room(self, setup):
-        """A template whose version has no instance left is evicted before refusing."""
+        """Capacity: an instance may evict the template of a version that has no instance
+        left; a template only ever takes free capacity (it is an optimization)."""
         scheduler, clock, function = setup(capacity_mb=256)
-        await with_template(scheduler, function("old"))
+        await with_template(scheduler, function("old"))  # instance + template: full
         clock.now += 1
-        # room for "new": old's idle instance goes first; then, for new's own template,
-        # old's template (its version has no instance left)
-        result = await scheduler.invoke(invocation(function("new")))
-        assert result.function_error is None
-        await scheduler.drain()  # waits for new's template to be built
-        assert scheduler.instances("old") == []
-        assert scheduler.stats().templates == 1
+        new = function("new")
+        first = await scheduler.invoke(invocation(new))  # evicts old's idle instance
+        await scheduler.drain()
+        assert scheduler.instances("old") == [] and scheduler.stats().templates == 1
+        # no room for new's template: it does not evict anything to get one
+        held = asyncio.ensure_future(scheduler.invoke(invocation(new, b'{"sleep": 0.5}')))
+        await asyncio.sleep(0.1)
+        second = await scheduler.invoke(invocation(new))  # needs room: old's template goes
+        await held
+        await scheduler.drain()
+        assert first.function_error is None and second.function_error is None
+        assert len(scheduler.instances("new")) == 2
+        assert scheduler.stats().templates == 0
         assert scheduler.capacity.used_mb == 256
 
     async def test_opt_out_tag(self, setup):
