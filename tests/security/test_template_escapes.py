@@ -108,7 +108,7 @@ def test_hostile_template_init_stays_contained(make_server: Any) -> None:
     srv = make_server()
     lam = srv.client("lambda")
     name = unique("hostile-tpl")
-    create(lam, name, {"app.py": HOSTILE})
+    create(lam, name, {"app.py": HOSTILE}, Tags={"corral:template": "on"})
     first = invoke(lam, name, {})
     deadline = time.monotonic() + 30
     while health(srv)["instances"]["templates"] < 1:

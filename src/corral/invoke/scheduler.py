@@ -273,14 +273,11 @@ class Scheduler:
             self._start_template(pool, instance)
 
     async def _wait_for_template(self, pool: Pool, instance: Instance) -> None:
-        """A cold start while another instance of the version is live (a scale-out, or a
-        burst) starts the version's template now if it has none, and waits for it: a burst
-        then forks from one init instead of running the init once per instance."""
+        """A cold start while the version's template is being built waits for it instead
+        of running the init code once more."""
         slot = pool.template
         if instance.template is not None:
             return
-        if slot.building is None and len(pool.busy) + len(pool.idle) > 1:
-            self._start_template(pool, instance)
         building = slot.building
         if building is None:
             return
@@ -296,7 +293,7 @@ class Scheduler:
         if pool.retired or self._closing or not slot.wanted():
             return
         if not templates.eligible(self._settings, instance.runtime,
-                                  self._tags_for(pool.config.name)):
+                                  self._tags_for(pool.config.name), instance.handler_init_ms):
             return
         spec = instance.sandbox_spec()
         # an optimization: only free capacity, never an evicted warm instance

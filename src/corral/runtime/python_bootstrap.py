@@ -596,12 +596,16 @@ class FramedTransport:
         self._sock = _FdSocket(fd)
         self._framing = framing
         self._ready_sent = False
+        self.init_ms = None
 
     def next(self):
         """Block for the next invoke; raises EOFError when the host closes the channel."""
         if not self._ready_sent:
             self._ready_sent = True
-            self._framing.write_frame(self._sock, {"type": "ready"})
+            ready = {"type": "ready"}
+            if self.init_ms is not None:
+                ready["init_ms"] = self.init_ms
+            self._framing.write_frame(self._sock, ready)
         while True:
             header, body = self._framing.read_frame(self._sock)
             if header.get("type") == "invoke":
@@ -839,6 +843,9 @@ def main():
     transport = _make_transport(framing)
     _install_logging()
 
+    import time
+
+    init_began = time.monotonic()
     try:
         request_handler = _get_handler(os.environ.get("_HANDLER", ""))
     except Exception as e:
@@ -859,6 +866,9 @@ def main():
             sys.stderr.write(f"corral: could not report init error: {post_error}\n")
         sys.exit(1)
 
+    # how long the handler's imports and init code took: the host starts a per-version
+    # template only for versions whose init is worth skipping
+    transport.init_ms = round((time.monotonic() - init_began) * 1000, 3)
     if template is not None:  # returns in each instance forked from the template
         transport = FramedTransport(template.serve(transport.fd), framing)
 

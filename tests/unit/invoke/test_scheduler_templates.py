@@ -51,6 +51,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     schedulers: list[Scheduler] = []
 
     def make(capacity_mb: int = 4096, tags: dict[str, str] | None = None) -> Any:
+        tags = {TEMPLATE_TAG: "on"} if tags is None else tags  # this handler's init is cheap
         settings = Settings(data_dir=tmp_path, keep_alive_s=600, node_capacity_mb=capacity_mb)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         code = CodeStore(settings.code_dir, settings.limits)
@@ -60,7 +61,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         info = code.put(buf.getvalue())
         clock = FakeClock()
         scheduler = Scheduler(settings, factory, code.tree_path, discover().__getitem__,
-                              Lines(), clock, tags_for=lambda name: dict(tags or {}))
+                              Lines(), clock, tags_for=lambda name: dict(tags))
         schedulers.append(scheduler)
 
         def function(name: str) -> FunctionConfig:
@@ -111,16 +112,19 @@ class TestTemplates:
                         if i.instance_id == forked.instance_id)
         assert instance.forked
 
-    async def test_burst_forks_from_one_template(self, setup):
-        """Cold starts arriving while another instance of the version is starting wait for
-        the version's template: five at once run the init code twice, not five times."""
+    async def test_cold_starts_wait_for_a_building_template(self, setup):
+        """Cold starts arriving while the version's template is being built wait for it and
+        fork, instead of running the init code themselves."""
         scheduler, _, function = setup()
         fn = function("burst")
+        first = await scheduler.invoke(invocation(fn))  # the template starts building now
         results = await asyncio.gather(*(scheduler.invoke(invocation(fn, b'{"sleep": 0.3}'))
                                          for _ in range(5)))
-        assert all(r.function_error is None and r.cold_start for r in results)
+        assert all(r.function_error is None for r in results)
         assert len({r.instance_id for r in results}) == 5
-        assert len({r.payload for r in results}) == 2  # the first instance's init, the template's
+        new = [r for r in results if r.instance_id != first.instance_id]
+        assert len(new) == 4 and all(r.cold_start for r in new)
+        assert len({r.payload for r in new}) == 1 and new[0].payload != first.payload
         assert sum(1 for i in scheduler.instances("burst") if i.forked) == 4
 
     async def test_template_holds_capacity(self, setup):
@@ -186,14 +190,25 @@ class TestTemplates:
         await asyncio.sleep(1.0)
         assert scheduler.stats().templates == 0
 
+    async def test_cheap_init_gets_no_template(self, setup):
+        """Without the tag, a version whose init is cheaper than template_min_init_ms runs
+        without a template (a zygote start costs what a fork costs)."""
+        scheduler, _, function = setup(tags={})
+        await scheduler.invoke(invocation(function("cheap")))
+        await asyncio.sleep(1.0)
+        assert scheduler.stats().templates == 0
+
 
 def test_eligibility() -> None:
     runtimes = discover()
     python, node = runtimes["python3.11"], runtimes.get("nodejs20.x")
-    settings = Settings()
-    assert eligible(settings, python, {})
-    assert not eligible(settings, python, {TEMPLATE_TAG: "off"})
-    assert not eligible(settings, python, {"corral:protocol": "runtime-api"})
-    assert not eligible(dataclasses.replace(settings, templates=False), python, {})
+    settings = Settings()  # template_min_init_ms = 100
+    assert eligible(settings, python, {}, 250.0)
+    assert not eligible(settings, python, {}, 20.0)
+    assert not eligible(settings, python, {}, None)
+    assert eligible(settings, python, {TEMPLATE_TAG: "on"}, 1.0)
+    assert not eligible(settings, python, {TEMPLATE_TAG: "off"}, 250.0)
+    assert not eligible(settings, python, {"corral:protocol": "runtime-api"}, 250.0)
+    assert not eligible(dataclasses.replace(settings, templates=False), python, {}, 250.0)
     if node is not None:
-        assert not eligible(settings, node, {})
+        assert not eligible(settings, node, {TEMPLATE_TAG: "on"}, 250.0)
