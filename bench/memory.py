@@ -147,7 +147,8 @@ def main() -> int:
             # instances forked from a per-version template: one invoke, wait for the
             # template, then five concurrent holds (one reuses the first instance)
             name_t = bl.unique("memt")
-            srv.create_function(lam, name_t, zip_bytes, memory=args.memory)
+            srv.create_function(lam, name_t, zip_bytes, memory=args.memory,
+                                Tags={"corral:template": "on"})  # its init is cheap
             templates_before = srv.health()["instances"].get("templates", 0)
             client.send(signer.invoke(name_t))
             for _ in range(300):
