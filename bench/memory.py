@@ -84,6 +84,16 @@ def instance_memory(name: str) -> list[dict[str, Any]]:
     return out
 
 
+def hold_concurrently(srv: bl.CorralServer, hold: bl.SignedRequest, n: int = 5) -> None:
+    """Send `hold` n times at once (n instances busy together), then let them go idle."""
+    clients = [bl.RawClient(srv.port) for _ in range(n)]
+    with cf.ThreadPoolExecutor(n) as pool:
+        list(pool.map(lambda c: c.send(hold), clients))
+    for c in clients:
+        c.close()
+    time.sleep(1.5)
+
+
 def children(pid: int) -> list[int]:
     return [p for p, _ in bl.iter_procs() if ppid(p) == pid]
 
@@ -136,13 +146,7 @@ def main() -> int:
             # five warm instances: five concurrent holds force five instances
             name5 = bl.unique("mem5")
             srv.create_function(lam, name5, zip_bytes, memory=args.memory)
-            hold = signer.invoke(name5, json.dumps({"hold": 1.0}).encode())
-            clients = [bl.RawClient(srv.port) for _ in range(5)]
-            with cf.ThreadPoolExecutor(5) as pool:
-                list(pool.map(lambda c: c.send(hold), clients))
-            for c in clients:
-                c.close()
-            time.sleep(1.5)
+            hold_concurrently(srv, signer.invoke(name5, json.dumps({"hold": 1.0}).encode()))
             five = instance_memory(name5)
             # instances forked from a per-version template: one invoke, wait for the
             # template, then five concurrent holds (one reuses the first instance)
@@ -155,13 +159,7 @@ def main() -> int:
                 if srv.health()["instances"].get("templates", 0) > templates_before:
                     break
                 time.sleep(0.05)
-            hold_t = signer.invoke(name_t, json.dumps({"hold": 1.0}).encode())
-            clients = [bl.RawClient(srv.port) for _ in range(5)]
-            with cf.ThreadPoolExecutor(5) as pool:
-                list(pool.map(lambda c: c.send(hold_t), clients))
-            for c in clients:
-                c.close()
-            time.sleep(1.5)
+            hold_concurrently(srv, signer.invoke(name_t, json.dumps({"hold": 1.0}).encode()))
             forked = [e for e in instance_memory(name_t) if e["forked_from_template"]]
             template_pss = [bl.smaps_rollup(p).get("Pss", 0) for p in template_pids(name_t)]
             client.close()

@@ -596,15 +596,15 @@ class FramedTransport:
         self._sock = _FdSocket(fd)
         self._framing = framing
         self._ready_sent = False
-        self.init_ms = None
+        self.init_cpu_ms = None
 
     def next(self):
         """Block for the next invoke; raises EOFError when the host closes the channel."""
         if not self._ready_sent:
             self._ready_sent = True
             ready = {"type": "ready"}
-            if self.init_ms is not None:
-                ready["init_ms"] = self.init_ms
+            if self.init_cpu_ms is not None:
+                ready["init_cpu_ms"] = self.init_cpu_ms
             self._framing.write_frame(self._sock, ready)
         while True:
             header, body = self._framing.read_frame(self._sock)
@@ -845,7 +845,7 @@ def main():
 
     import time
 
-    init_began = time.monotonic()
+    init_began = time.process_time()
     try:
         request_handler = _get_handler(os.environ.get("_HANDLER", ""))
     except Exception as e:
@@ -866,9 +866,9 @@ def main():
             sys.stderr.write(f"corral: could not report init error: {post_error}\n")
         sys.exit(1)
 
-    # how long the handler's imports and init code took: the host starts a per-version
+    # the CPU the handler's imports and init code took: the host starts a per-version
     # template only for versions whose init is worth skipping
-    transport.init_ms = round((time.monotonic() - init_began) * 1000, 3)
+    transport.init_cpu_ms = round((time.process_time() - init_began) * 1000, 3)
     if template is not None:  # returns in each instance forked from the template
         transport = FramedTransport(template.serve(transport.fd), framing)
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from corral.errors import SandboxError
 from corral.sandbox import cgroups, ephemeral, seccomp
+from corral.sandbox.accounting import CgroupAccounting
 from corral.sandbox.api import ExitStatus, IsolationReport, SandboxSpec, SandboxView
 from corral.sandbox.launchers import (
     BACKGROUND_NICE,
@@ -164,7 +165,7 @@ def build_etc(directory: Path, uid: int, gid: int, hostname: str) -> None:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-class LinuxSandbox:
+class LinuxSandbox(CgroupAccounting):
     """One instance in its namespaces and cgroup. Created by `LinuxSandboxFactory.spawn`."""
 
     def __init__(self, factory: LinuxSandboxFactory, spec: SandboxSpec, view: SandboxView) -> None:
@@ -485,27 +486,6 @@ class LinuxSandbox:
             with contextlib.suppress(ProcessLookupError):
                 # pid 1 of the PID namespace: the kernel kills every other process in it
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-
-    def after_init(self) -> None:
-        if self._cgroup is not None and not self._destroyed:
-            self._cgroup.set_cpu_quota(self.spec.memory_mb)
-
-    def memory_peak_bytes(self) -> int | None:
-        if self._cgroup is None or self._destroyed:
-            return None
-        try:
-            return self._cgroup.memory_peak()
-        except OSError:
-            return None
-
-    def reset_memory_peak(self) -> None:
-        if self._cgroup is not None and not self._destroyed:
-            with contextlib.suppress(OSError):
-                self._cgroup.reset_memory_peak()
-
-    def cgroup_pids(self) -> list[int]:
-        """Host pids of every process in this sandbox's cgroup (for tests and tools)."""
-        return self._cgroup.pids() if self._cgroup is not None else []
 
     async def destroy(self) -> None:
         if self._destroyed:

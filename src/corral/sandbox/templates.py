@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.errors import SandboxError
 from corral.sandbox import cgroups, ephemeral
+from corral.sandbox.accounting import CgroupAccounting
 from corral.sandbox.api import ExitStatus, SandboxSpec, SandboxView
 from corral.sandbox.launchers import wait_readable
 from corral.sandbox.process import exit_status_from_wait
@@ -225,7 +226,7 @@ class LinuxTemplate:
             self._exit.cancel()
 
 
-class TemplateInstance:
+class TemplateInstance(CgroupAccounting):
     """An instance forked from a template (satisfies `sandbox.api.Sandbox`)."""
 
     def __init__(self, template: LinuxTemplate, spec: SandboxSpec, view: SandboxView) -> None:
@@ -358,27 +359,10 @@ class TemplateInstance:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)  # pid 1: all of it
 
-    def after_init(self) -> None:
-        if self._cgroup is not None and not self._destroyed:
-            self._cgroup.set_cpu_quota(self.spec.memory_mb)
-
     def memory_peak_bytes(self) -> int | None:
         """Its own peak plus what it shares with the template (counted against MemorySize)."""
-        if self._cgroup is None or self._destroyed:
-            return None
-        try:
-            peak = self._cgroup.memory_peak()
-        except OSError:
-            return None
+        peak = super().memory_peak_bytes()
         return None if peak is None else peak + self._template.rss_bytes
-
-    def reset_memory_peak(self) -> None:
-        if self._cgroup is not None and not self._destroyed:
-            with contextlib.suppress(OSError):
-                self._cgroup.reset_memory_peak()
-
-    def cgroup_pids(self) -> list[int]:
-        return self._cgroup.pids() if self._cgroup is not None else []
 
     async def destroy(self) -> None:
         if self._destroyed:

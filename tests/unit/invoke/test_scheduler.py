@@ -18,25 +18,7 @@ from corral.model import FunctionConfig, Invocation, new_request_id
 from corral.runtimes import discover
 from corral.sandbox.process import ProcessSandboxFactory
 from corral.store.codepkg import CodeStore
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Lines:
-    """Collects what instances log (the log sink of the scheduler)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def emit(self, group: str, stream: str, timestamp_ms: int, message: str) -> None:
-        self.lines.append(message)
-
+from scheduler_support import FakeClock, Lines
 
 HANDLER = b"import time\ndef handler(e, c):\n    time.sleep(e.get('sleep', 0))\n    return 1\n"
 

@@ -20,24 +20,12 @@ from corral.invoke.templates import TEMPLATE_TAG, eligible
 from corral.model import FunctionConfig, Invocation, new_request_id
 from corral.runtimes import discover
 from corral.store.codepkg import CodeStore
+from scheduler_support import FakeClock, Lines
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="templates need the Linux sandbox")
 
 HANDLER = (b"import json, time\nINIT = time.time()\n"
            b"def handler(e, c):\n    time.sleep(e.get('sleep', 0))\n    return INIT\n")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Lines:
-    def emit(self, group: str, stream: str, timestamp_ms: int, message: str) -> None:
-        pass
 
 
 Setup = Callable[..., tuple[Scheduler, FakeClock, Callable[[str], FunctionConfig]]]
@@ -191,7 +179,7 @@ class TestTemplates:
         assert scheduler.stats().templates == 0
 
     async def test_cheap_init_gets_no_template(self, setup):
-        """Without the tag, a version whose init is cheaper than template_min_init_ms runs
+        """Without the tag, a version whose init is cheaper than template_min_init_cpu_ms runs
         without a template (a zygote start costs what a fork costs)."""
         scheduler, _, function = setup(tags={})
         await scheduler.invoke(invocation(function("cheap")))
@@ -202,7 +190,7 @@ class TestTemplates:
 def test_eligibility() -> None:
     runtimes = discover()
     python, node = runtimes["python3.11"], runtimes.get("nodejs20.x")
-    settings = Settings()  # template_min_init_ms = 100
+    settings = Settings()  # template_min_init_cpu_ms = 100
     assert eligible(settings, python, {}, 250.0)
     assert not eligible(settings, python, {}, 20.0)
     assert not eligible(settings, python, {}, None)
