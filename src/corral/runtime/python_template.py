@@ -18,9 +18,11 @@ the children of the process that unshares it:
   private tmpfs on /tmp and /dev/shm and a /proc of its PID namespace, brings `lo` up,
   drops every capability of its user namespace, locks securebits, stacks the full seccomp
   program of an ordinary instance on top of the template's, points stdout/stderr at its log
-  pipe, takes its own environment (log stream name, initialization type), and writes
-  `HELLO` on its control socket. The host reads it with SCM_CREDENTIALS, learns the
-  instance's pid, and moves it into its own cgroup before the first invoke.
+  pipe and writes `HELLO` on its control socket. The host reads it with SCM_CREDENTIALS,
+  learns the instance's pid and moves it into its own cgroup; then (at once, or when a
+  cold start takes a spare forked ahead of time) it sends one JSON line with the
+  instance's environment (log stream name, initialization type), which the instance takes
+  before running the after-restore hooks and the bootstrap's invoke loop.
 
 `os.fork` runs the at-fork hooks, so `random` reseeds itself in every instance;
 `register_after_restore` hooks (snapshot_restore_py, Lambda SnapStart's API) run in every
@@ -163,7 +165,9 @@ def serve(control_fd):
             mine, fds = fds[:count], fds[count:]
             pid = os.fork()
             if pid == 0:
-                return _become_instance(request, mine, (ctl.detach(), wake_r, wake_w))
+                control = _become_instance(request, mine, (ctl.detach(), wake_r, wake_w))
+                _activate(control)
+                return control
             intermediates.add(pid)
             for fd in mine:
                 os.close(fd)
@@ -219,11 +223,7 @@ def _become_instance(request, fds, template_fds):
         os.dup2(log, 2)
         os.close(log)
         os.set_inheritable(control, False)
-        os.environ.update(request.get("env") or {})
         _show_environ(dict(os.environ))
-        hooks = _hooks()
-        if hooks is not None:
-            hooks.run_after_restore()
         os.write(control, HELLO)
         return control
     except BaseException as exc:
@@ -234,6 +234,23 @@ def _become_instance(request, fds, template_fds):
         except BaseException:
             pass
         os._exit(127)
+
+
+def _activate(control):
+    """Wait for the host to hand this instance an invocation's environment (at once, or
+    later for a spare forked ahead of time), then run the after-restore hooks. A failure
+    here is the function's (a hook raised): it ends the bootstrap like an init error."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(control, 65536 - len(line))
+        if not chunk or len(line) + len(chunk) >= 65536:
+            os._exit(0)  # the host gave up on this instance
+        line += chunk
+    os.environ.update(json.loads(line).get("env") or {})
+    _show_environ(dict(os.environ))
+    hooks = _hooks()
+    if hooks is not None:
+        hooks.run_after_restore()
 
 
 def _build_view(request, netns, tmp_mount):

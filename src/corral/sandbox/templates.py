@@ -64,10 +64,14 @@ class LinuxTemplate:
     """A running template: its sandbox, its control channel and the instances it forked."""
 
     def __init__(self, factory: LinuxSandboxFactory, sandbox: LinuxSandbox,
-                 rss_bytes: int) -> None:
+                 rss_bytes: int, spec: SandboxSpec) -> None:
         self._factory = factory
         self._sandbox = sandbox
         self.rss_bytes = rss_bytes
+        self._spec = spec  # of the instance that asked for the template: spares use it
+        self._spare: TemplateInstance | None = None
+        self._refilling: asyncio.Future[None] | None = None
+        self._discarding: set[asyncio.Future[None]] = set()
         self._children: dict[int, TemplateInstance] = {}  # by pid in the template's PID ns
         self._early_exits: dict[int, int] = {}  # reported before the instance registered
         self._buffer = b""
@@ -77,6 +81,7 @@ class LinuxTemplate:
         loop.add_reader(sandbox.control.fileno(), self._on_control)
         os.set_blocking(sandbox.log_fd, False)
         loop.add_reader(sandbox.log_fd, self._discard_logs)
+        self._refill_spare()
 
     @property
     def alive(self) -> bool:
@@ -102,7 +107,7 @@ class LinuxTemplate:
             raise SandboxError(f"template init failed: {ready.get('message', 'exited')}")
         # No CPU quota (unlike an instance after init): the forks run in this cgroup until
         # the host moves them, and a quota of MemorySize/1769 of a CPU would stall them.
-        return cls(factory, sandbox, int(ready.get("rss_bytes") or 0))
+        return cls(factory, sandbox, int(ready.get("rss_bytes") or 0), spec)
 
     # ------------------------------------------------------------------------- control
 
@@ -154,10 +159,28 @@ class LinuxTemplate:
     # ------------------------------------------------------------------------- fork
 
     async def fork(self, spec: SandboxSpec) -> TemplateInstance:
+        """An instance for `spec`: the spare forked ahead of time when it fits, else a new
+        fork; either way it takes spec's environment now (`activate`)."""
         if not self.alive:
             raise SandboxError("the template is gone")
-        factory = self._factory
-        instance = TemplateInstance(self, spec, factory.view(spec))
+        instance, self._spare = self._spare, None
+        if instance is not None and not instance.fits(spec):
+            task = asyncio.ensure_future(instance.destroy())
+            self._discarding.add(task)
+            task.add_done_callback(self._discarding.discard)
+            instance = None
+        if instance is None:
+            instance = await self._new_instance(spec)
+        try:
+            instance.activate(spec, self._env_for(spec))
+        except OSError as exc:
+            await instance.destroy()
+            raise SandboxError(f"template fork failed: {exc}") from exc
+        self._refill_spare()
+        return instance
+
+    async def _new_instance(self, spec: SandboxSpec) -> TemplateInstance:
+        instance = TemplateInstance(self, spec, self._factory.view(spec))
         try:
             await instance.start(self._request(spec))
         except OSError as exc:  # the instance died during setup (pidfd, /proc, cgroup move)
@@ -168,9 +191,33 @@ class LinuxTemplate:
             raise
         return instance
 
+    def _refill_spare(self) -> None:
+        """Fork the next instance ahead of time, off the request path (one spare)."""
+        if self._spare is not None or self._refilling is not None or not self.alive:
+            return
+        self._refilling = asyncio.ensure_future(self._make_spare())
+
+    async def _make_spare(self) -> None:
+        try:
+            spare = await self._new_instance(self._spec)
+        except (SandboxError, OSError) as exc:
+            log.info("no spare for the template of pid %d: %s", self.pid, exc)
+            return
+        finally:
+            self._refilling = None
+        if self.alive and self._spare is None:
+            self._spare = spare
+        else:
+            await spare.destroy()
+
+    def _env_for(self, spec: SandboxSpec) -> dict[str, str]:
+        """What an instance of `spec` sees differently from the template (its log stream,
+        its initialization type)."""
+        own = self._sandbox.spec.env
+        return {k: v for k, v in spec.env.items() if own.get(k) != v}
+
     def _request(self, spec: SandboxSpec) -> dict[str, Any]:
         factory = self._factory
-        own = self._sandbox.spec.env
         return {
             "op": "fork",
             "netns": spec.network == "none",
@@ -179,7 +226,6 @@ class LinuxTemplate:
             "proc_masks": list(factory.proc_masks),
             "cap_last": factory.cap_last,
             "seccomp": factory.seccomp_program.hex(),
-            "env": {k: v for k, v in spec.env.items() if own.get(k) != v},
         }
 
     def send_fork(self, request: dict[str, Any], fds: list[int]) -> None:
@@ -212,6 +258,11 @@ class LinuxTemplate:
         if self._destroyed:
             return
         self._destroyed = True
+        if self._refilling is not None:
+            self._refilling.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await spare.destroy()
         loop = asyncio.get_running_loop()
         for fd in (self._sandbox.control.fileno(), self._sandbox.log_fd):
             with contextlib.suppress(Exception):
@@ -286,6 +337,23 @@ class TemplateInstance(CgroupAccounting):
         self.control.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
         self.control.setblocking(False)
         self.setup_timings["spawn_total"] = _ms(begin)
+
+    def fits(self, spec: SandboxSpec) -> bool:
+        """Whether this (spare) instance was made with what `spec` asks for."""
+        mine = self.spec
+        return (not self._exit.done() and not self._destroyed
+                and (mine.network, mine.memory_mb, mine.ephemeral_mb, mine.pids_max)
+                == (spec.network, spec.memory_mb, spec.ephemeral_mb, spec.pids_max))
+
+    def activate(self, spec: SandboxSpec, env: dict[str, str]) -> None:
+        """Hand the instance its invocation environment; it then runs the after-restore
+        hooks and reports ready on the framed channel."""
+        self.spec = spec
+        self.control.setblocking(True)
+        try:
+            self.control.sendall(json.dumps({"env": env}).encode() + b"\n")
+        finally:
+            self.control.setblocking(False)
 
     async def _tmp_mount(self, factory: LinuxSandboxFactory) -> int:
         """A detached mount of a pooled ext4 image for the instance's /tmp (ENOSPC at
