@@ -216,10 +216,12 @@ def plots(results: dict[str, dict[str, Any]]) -> dict[str, str]:
     if me:
         s = me["summary"]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.6))
-        a1.bar(["Corral\n1 instance", "Corral\n(of 5 warm)", "serverless-offline\nprocess"],
+        a1.bar(["Corral\n1 instance", "Corral\n(of 5 warm)", "Corral\nfrom template",
+                "serverless-\noffline"],
                [s.get("instance_total_pss_mb_one") or 0,
-                s.get("instance_total_pss_mb_of_five") or 0, s.get("peer_python_pss_mb") or 0],
-               color=[corral_c, corral_c, peer_c])
+                s.get("instance_total_pss_mb_of_five") or 0,
+                s.get("forked_instance_pss_mb") or 0, s.get("peer_python_pss_mb") or 0],
+               color=[corral_c, corral_c, corral_c, peer_c])
         a1.axhline(5, color="green", linestyle="--", linewidth=1, label="target 5 MB")
         a1.set_ylabel("PSS, MB")
         a1.set_title("Idle warm Python instance", fontsize=10)
@@ -350,7 +352,9 @@ def section(name: str, doc: dict[str, Any], img: str | None) -> list[str]:
                              ("heavy handler's imports, standalone on the host",
                               "heavy_import_standalone"),
                              ("heavy handler's imports, inside the first instance",
-                              "heavy_import_in_instance"))]), ""]
+                              "heavy_import_in_instance"),
+                             ("the version's template ready, after the first response",
+                              "corral_template_ready_after"))]), ""]
         out.append(f"Each iteration creates a fresh function (deleted afterwards) and times its "
                    f"first Invoke over a keep-alive `http.client` connection with a request "
                    f"signed beforehand; `LogType=Tail` confirms it was cold. serverless-offline "
@@ -427,6 +431,11 @@ def section(name: str, doc: dict[str, Any], img: str | None) -> list[str]:
              n(s.get("instance_total_uss_mb_one"), 2)],
             ["Corral, per instance with 5 warm", n(s.get("instance_total_pss_mb_of_five"), 2),
              n(s.get("instance_total_uss_mb_of_five"), 2)],
+            [f"Corral, per instance forked from a per-version template "
+             f"({s.get('forked_instances_found')} of them)",
+             n(s.get("forked_instance_pss_mb"), 2), n(s.get("forked_instance_uss_mb"), 2)],
+            ["Corral, that version's template (shared, not per instance)",
+             n(s.get("template_pss_mb"), 2), "-"],
             ["serverless-offline Python process", n(s.get("peer_python_pss_mb"), 2),
              n(s.get("peer_python_uss_mb"), 2)],
             [f"Corral server's launcher pool ({s.get('launcher_pool_processes')} processes, "
