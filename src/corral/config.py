@@ -77,9 +77,10 @@ class Settings:
     # Per-version templates (docs/sandbox.md): further instances of a Python version fork
     # from an initialized one. A function opts out with the tag `corral:template=off`.
     templates: bool = True
-    # ... for versions whose handler init uses at least this much CPU (below it a zygote
-    # start costs what a fork costs); the tag `corral:template=on` asks for one regardless.
-    template_min_init_cpu_ms: float = 100.0
+    # ... for versions whose handler init takes at least this long, not counting time spent
+    # waiting for a CPU (below it a zygote start costs what a fork costs); the tag
+    # `corral:template=on` asks for one regardless.
+    template_min_init_ms: float = 100.0
 
     @property
     def endpoint_url(self) -> str:

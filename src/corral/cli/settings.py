@@ -59,5 +59,5 @@ def build_settings(data_dir: str | None, listen: str | None = None, *,
         billing_granularity_ms=int(os.environ.get("CORRAL_BILLING_GRANULARITY_MS", "100")),
         default_network=os.environ.get("CORRAL_DEFAULT_NETWORK", "host"),
         templates=os.environ.get("CORRAL_TEMPLATES", "on") != "off",
-        template_min_init_cpu_ms=_env_float("CORRAL_TEMPLATE_MIN_INIT_CPU_MS", 100.0),
+        template_min_init_ms=_env_float("CORRAL_TEMPLATE_MIN_INIT_MS", 100.0),
     )

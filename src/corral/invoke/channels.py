@@ -38,7 +38,7 @@ class Reply:
     body: bytes = b""
     content_type: str = "application/json"
     error_type: str | None = None
-    init_cpu_ms: float | None = None  # "ready": CPU time of the handler's init, if reported
+    init_ms: float | None = None  # "ready": the handler's init time (less CPU waits), if reported
 
 
 class RuntimeChannel(Protocol):
@@ -68,10 +68,10 @@ def _reply(header: dict[str, object], body: bytes) -> Reply:
     error_type = header.get("error_type")
     if kind in ("error", "init_error") and not isinstance(error_type, str):
         error_type = _error_type_from_body(body)
-    init_cpu_ms = header.get("init_cpu_ms")
+    init_ms = header.get("init_ms")
     return Reply(kind, body, str(header.get("content_type") or "application/json"),
                  error_type if isinstance(error_type, str) else None,
-                 float(init_cpu_ms) if isinstance(init_cpu_ms, int | float) else None)
+                 float(init_ms) if isinstance(init_ms, int | float) else None)
 
 
 class _FrameProtocol(asyncio.Protocol):

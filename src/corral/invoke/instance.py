@@ -142,7 +142,7 @@ class Instance:
         self._sandbox: Sandbox | None = None
         self.template = template  # fork from this version's template when given
         self.forked = False  # started from the template (its init ran there)
-        self.handler_init_cpu_ms: float | None = None  # the runtime's own report, when it has one
+        self.handler_init_ms: float | None = None  # the runtime's own report, when it has one
         self._channel: RuntimeChannel | None = None
         self._init_failure: Reply | None = None
         self._exit: ExitStatus | None = None
@@ -227,7 +227,7 @@ class Instance:
         reply = await self._race(self._channel.wait_ready(), budget)
         self.init_duration_ms = (self._clock() - started) * 1000
         if reply is not None and reply.kind == "ready":
-            self.handler_init_cpu_ms = reply.init_cpu_ms
+            self.handler_init_ms = reply.init_ms
             sandbox.after_init()
             self._move(State.IDLE)
             return

@@ -293,7 +293,7 @@ class Scheduler:
         if pool.retired or self._closing or not slot.wanted():
             return
         if not templates.eligible(self._settings, instance.runtime,
-                                  self._tags_for(pool.config.name), instance.handler_init_cpu_ms):
+                                  self._tags_for(pool.config.name), instance.handler_init_ms):
             return
         spec = instance.sandbox_spec()
         # an optimization: only free capacity, never an evicted warm instance

@@ -1,7 +1,7 @@
 """The scheduler's side of per-version templates: which versions get one, and its slot.
 
 A version's template is built in the background once an instance of it is ready (so no cold
-start waits for it) and reported an init worth skipping (`Settings.template_min_init_cpu_ms`, or
+start waits for it) and reported an init worth skipping (`Settings.template_min_init_ms`, or
 the tag `corral:template=on`); it holds MemorySize of host capacity like an instance,
 and is destroyed with its pool: at once when the pool has no busy instance, else when the
 last one finishes (every instance forked from it dies with it). A version whose template
@@ -22,17 +22,17 @@ MAX_FAILURES = 2
 
 
 def eligible(settings: Settings, runtime: RuntimeInfo, tags: dict[str, str],
-             init_cpu_ms: float | None) -> bool:
+             init_ms: float | None) -> bool:
     """Python on the built-in bootstrap's framed channel, unless opted out, when the
-    handler's init used enough CPU to be worth skipping (or the function asks for it).
-    CPU time, not wall time: it does not grow when the host is busy (a burst), and an init
-    that waits on I/O (connections) is the kind a fork would break anyway."""
+    handler's init took long enough to be worth skipping (or the function asks for it).
+    The runtime reports that time less what it spent waiting for a CPU, so that a busy host
+    (a burst of cold starts) does not make a trivial init look expensive."""
     choice = tags.get(TEMPLATE_TAG, "auto").lower()
     if (not settings.templates or runtime.kind != "python" or choice == "off"
             or tags.get("corral:protocol") == "runtime-api"):
         return False
-    return choice == "on" or (init_cpu_ms is not None
-                              and init_cpu_ms >= settings.template_min_init_cpu_ms)
+    return choice == "on" or (init_ms is not None
+                              and init_ms >= settings.template_min_init_ms)
 
 
 @dataclass

@@ -67,6 +67,15 @@ def _import_framing():
     return framing
 
 
+def _runqueue_wait_s():
+    """Seconds this thread has waited for a CPU (/proc/self/schedstat, second field)."""
+    try:
+        with open("/proc/self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _import_template():
     """The sibling python_template.py when this process is a per-version template (the
     host sets CORRAL_TEMPLATE=1), imported before sys.path puts the task root first."""
@@ -596,15 +605,15 @@ class FramedTransport:
         self._sock = _FdSocket(fd)
         self._framing = framing
         self._ready_sent = False
-        self.init_cpu_ms = None
+        self.init_ms = None
 
     def next(self):
         """Block for the next invoke; raises EOFError when the host closes the channel."""
         if not self._ready_sent:
             self._ready_sent = True
             ready = {"type": "ready"}
-            if self.init_cpu_ms is not None:
-                ready["init_cpu_ms"] = self.init_cpu_ms
+            if self.init_ms is not None:
+                ready["init_ms"] = self.init_ms
             self._framing.write_frame(self._sock, ready)
         while True:
             header, body = self._framing.read_frame(self._sock)
@@ -845,7 +854,7 @@ def main():
 
     import time
 
-    init_began = time.process_time()
+    init_began = time.monotonic(), _runqueue_wait_s()
     try:
         request_handler = _get_handler(os.environ.get("_HANDLER", ""))
     except Exception as e:
@@ -866,9 +875,11 @@ def main():
             sys.stderr.write(f"corral: could not report init error: {post_error}\n")
         sys.exit(1)
 
-    # the CPU the handler's imports and init code took: the host starts a per-version
-    # template only for versions whose init is worth skipping
-    transport.init_cpu_ms = round((time.process_time() - init_began) * 1000, 3)
+    # how long the handler's imports and init code took, less the time spent waiting for a
+    # CPU: the host starts a per-version template only for versions whose init is worth
+    # skipping, and a busy host must not make a trivial init look expensive
+    took = time.monotonic() - init_began[0] - (_runqueue_wait_s() - init_began[1])
+    transport.init_ms = round(max(0.0, took) * 1000, 3)
     if template is not None:  # returns in each instance forked from the template
         transport = FramedTransport(template.serve(transport.fd), framing)
 

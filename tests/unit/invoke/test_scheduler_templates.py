@@ -179,7 +179,7 @@ class TestTemplates:
         assert scheduler.stats().templates == 0
 
     async def test_cheap_init_gets_no_template(self, setup):
-        """Without the tag, a version whose init is cheaper than template_min_init_cpu_ms runs
+        """Without the tag, a version whose init is cheaper than template_min_init_ms runs
         without a template (a zygote start costs what a fork costs)."""
         scheduler, _, function = setup(tags={})
         await scheduler.invoke(invocation(function("cheap")))
@@ -190,7 +190,7 @@ class TestTemplates:
 def test_eligibility() -> None:
     runtimes = discover()
     python, node = runtimes["python3.11"], runtimes.get("nodejs20.x")
-    settings = Settings()  # template_min_init_cpu_ms = 100
+    settings = Settings()  # template_min_init_ms = 100
     assert eligible(settings, python, {}, 250.0)
     assert not eligible(settings, python, {}, 20.0)
     assert not eligible(settings, python, {}, None)

@@ -391,3 +391,11 @@ def test_init_is_fast(framed):
     rt.ready()
     elapsed = time.perf_counter() - rt.started
     assert elapsed < 2.0, elapsed
+
+
+def test_ready_reports_how_long_the_init_took(framed):
+    """The ready frame carries the handler's init time (what decides whether a version gets
+    a per-version template): at least the time its module-level code slept."""
+    rt = framed("python", {"app.py": "import time\ntime.sleep(0.3)\n" + ADD})
+    header = rt.ready()
+    assert header["init_ms"] >= 300
