@@ -268,9 +268,13 @@ class Scheduler:
 
     # per-version templates ------------------------------------------------------------------
     def _template_after_start(self, pool: Pool, instance: Instance) -> None:
-        """Build the version's template once one of its instances is ready."""
-        if instance.alive and not instance.forked:
-            self._start_template(pool, instance)
+        """Build the version's template once one of its instances is ready, and no other
+        is still starting (a burst's cold starts need the CPU more than a template does)."""
+        if not instance.alive or instance.forked:
+            return
+        if any(other.state is State.STARTING for other in pool.busy if other is not instance):
+            return  # the last of them to become ready starts it
+        self._start_template(pool, instance)
 
     async def _wait_for_template(self, pool: Pool, instance: Instance) -> None:
         """A cold start while the version's template is being built waits for it instead

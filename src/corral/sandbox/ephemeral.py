@@ -11,9 +11,11 @@ to the instance's memory cgroup, so a full `/tmp` would end in an OOM kill inste
   `df` shows at least the promised size available (ext4 metadata takes ~13 MB at 512 MB).
 * The sandbox's init mounts the device on `/tmp` inside its own mount namespace (about 1 ms).
   No host-visible mount exists; the mount dies with the namespace, i.e. with the instance.
-* On release the device is re-formatted (mke2fs discards, so the backing file is sparse
-  again) and goes back to the pool. `mkfs` opens the device exclusively, so it cannot run
-  while a dying namespace still has it mounted.
+* `mkfs.ext4` runs once per size, into a *golden* image; every image after that is a sparse
+  copy of the golden one's data extents (≈1.5 ms instead of ≈11 ms for mkfs, which a burst
+  of cold starts paid per instance once the pool ran dry).
+* On release the image is detached and deleted (a loop device still mounted by a dying
+  namespace clears itself when the mount goes) and a fresh copy takes its place in the pool.
 
 Without loop devices (or `mkfs.ext4`) the pool says so and the sandbox falls back to a
 size-limited tmpfs, which enforces the cap but counts against the memory limit.
@@ -162,6 +164,28 @@ def attach(path: Path) -> tuple[str, int]:
         os.close(backing)
 
 
+def copy_sparse(source: Path, target: Path) -> None:
+    """Copy `source` into a new file `target`, its data extents only (holes stay holes)."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        dst.truncate(size)
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                break
+            end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+            position = start
+            while position < end:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), end - position,
+                                             position, position)
+                if copied <= 0:
+                    raise OSError(f"short copy of {source} at {position}")
+                position += copied
+            offset = end
+
+
 class EphemeralPool:
     """Formatted, attached images by size, ready to be mounted by a sandbox on /tmp."""
 
@@ -174,6 +198,7 @@ class EphemeralPool:
         self._all: set[Image] = set()
         self._lock = threading.Lock()
         self._seq = itertools.count()
+        self._goldens: dict[int, Path] = {}  # size -> a formatted image to copy
         self._closed = False
         self._mkfs = mkfs_path()
         self.available = loop_available() and self._probe()
@@ -198,24 +223,43 @@ class EphemeralPool:
             stderr=subprocess.PIPE, env={"PATH": _SBIN_PATH}, timeout=60)
 
     def create(self, size_mb: int) -> Image:
-        """A new formatted image (blocking: tens of milliseconds)."""
+        """A new formatted image (blocking, ≈2 ms): a sparse copy of the size's golden
+        image, formatted once with mkfs (≈11 ms, which bursts of cold starts paid per
+        instance when the pool ran dry)."""
+        golden = self._golden(size_mb)
         path = self.directory / f"tmp-{next(self._seq)}-{size_mb}m.ext4"
-        with open(path, "xb") as f:
-            f.truncate(image_size_bytes(size_mb))
+        copy_sparse(golden, path)
         try:
             device, fd = attach(path)
         except BaseException:
             path.unlink()
             raise
         image = Image(path, size_mb, device, fd)
-        try:
-            self._format(device, discard=False)
-        except BaseException:
-            image.detach()
-            raise
         with self._lock:
             self._all.add(image)
         return image
+
+    def _golden(self, size_mb: int) -> Path:
+        with self._lock:
+            found = self._goldens.get(size_mb)
+        if found is not None:
+            return found
+        path = self.directory / f"golden-{next(self._seq)}-{size_mb}m.ext4"
+        with open(path, "xb") as f:
+            f.truncate(image_size_bytes(size_mb))
+        try:
+            device, fd = attach(path)
+            try:
+                self._format(device, discard=False)
+            finally:
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(fd, LOOP_CLR_FD)
+                os.close(fd)
+        except BaseException:
+            path.unlink()
+            raise
+        with self._lock:
+            return self._goldens.setdefault(size_mb, path)
 
     def take(self, size_mb: int) -> Image | None:
         """An idle image of that size, or None (non-blocking)."""
@@ -233,23 +277,18 @@ class EphemeralPool:
         self.discard(image)
 
     def recycle(self, image: Image, tmp_fd: int = -1) -> None:
-        """Wipe a used image and keep it (blocking). The sandbox must be gone; `tmp_fd`, an
-        fd on its (shut down) filesystem, is closed first so the filesystem is released."""
+        """Drop a used image and pool a fresh one of its size in its place (blocking, ≈2 ms).
+        `tmp_fd`, an fd on its (shut down) filesystem, is closed first. The used image is
+        detached and deleted at once: a loop device still mounted by a dying namespace
+        clears itself (autoclear) when that mount goes, so nothing waits for it."""
         if tmp_fd >= 0:
             os.close(tmp_fd)
-        for attempt in range(50):
-            try:
-                self._format(image.device, discard=True)
-                break
-            except subprocess.CalledProcessError:
-                if attempt == 49:  # still mounted somewhere: give up on this image
-                    self.discard(image)
-                    return
-                time.sleep(0.01)
-            except (OSError, subprocess.SubprocessError):
-                self.discard(image)
-                return
-        self.put(image)
+        self.discard(image)
+        with self._lock:
+            full = self._closed or len(self._idle.get(image.size_mb, [])) >= self._max_idle
+        if not full:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self.put(self.create(image.size_mb))
 
     def discard(self, image: Image) -> None:
         with self._lock:
@@ -271,5 +310,10 @@ class EphemeralPool:
             images = list(self._all)
             self._all.clear()
             self._idle.clear()
+            goldens = list(self._goldens.values())
+            self._goldens.clear()
         for image in images:
             image.detach()
+        for golden in goldens:
+            with contextlib.suppress(FileNotFoundError):
+                golden.unlink()
