@@ -68,7 +68,7 @@ def _reply(header: dict[str, object], body: bytes) -> Reply:
     error_type = header.get("error_type")
     if kind in ("error", "init_error") and not isinstance(error_type, str):
         error_type = _error_type_from_body(body)
-    init_ms = header.get("init_ms")
+    init_ms = header.get("init_ms") if kind == "ready" else None  # once per instance
     return Reply(kind, body, str(header.get("content_type") or "application/json"),
                  error_type if isinstance(error_type, str) else None,
                  float(init_ms) if isinstance(init_ms, int | float) else None)

@@ -514,21 +514,7 @@ class LinuxSandbox(CgroupAccounting):
         for sock in (self.control, self._child_control, self.runtime_api_socket):
             if sock is not None:
                 sock.close()
-        if self.log_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.log_fd)
-            self.log_fd = -1
-        cgroup, self._cgroup = self._cgroup, None
-        image, self._image = self._image, None
-        if cgroup is not None:
-            if cgroup.pids():  # cannot happen once the namespace's init is reaped; be sure
-                await asyncio.to_thread(cgroup.kill_all)
-            self._factory._recycle_cgroup(cgroup)
-        tmp_fd, self._tmp_fd = self._tmp_fd, -1
-        if image is not None:
-            self._factory._recycle_image(image, tmp_fd)
-        elif tmp_fd >= 0:
-            os.close(tmp_fd)
+        await self._release_host_resources(self._factory)
         self._factory._live.discard(self)
 
 

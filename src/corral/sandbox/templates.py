@@ -447,22 +447,7 @@ class TemplateInstance(CgroupAccounting):
         self._template.forget(self)
         for sock in (self.control, self._child_control):
             sock.close()
-        if self.log_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.log_fd)
-            self.log_fd = -1
-        cgroup, self._cgroup = self._cgroup, None
-        factory = self._template._factory
-        if cgroup is not None:
-            if cgroup.pids():
-                await asyncio.to_thread(cgroup.kill_all)
-            factory.recycle_cgroup(cgroup)
-        image, self._image = self._image, None
-        tmp_fd, self._tmp_fd = self._tmp_fd, -1
-        if image is not None:
-            factory.recycle_image(image, tmp_fd)
-        elif tmp_fd >= 0:
-            os.close(tmp_fd)
+        await self._release_host_resources(self._template._factory)
 
 
 async def _first_line(sandbox: LinuxSandbox) -> dict[str, Any]:

@@ -49,18 +49,16 @@ from corral.api.common import empty_response, json_response, signed_body, signed
 from corral.control.arns import parse_function_name
 from corral.errors import (
     InvalidParameterValueException,
-    LambdaApiError,
     ResourceNotFoundException,
-    TooManyRequestsException,
 )
 from corral.feature import WithoutBackgroundWork
-from corral.model import LATEST, Invocation, new_request_id
+from corral.model import LATEST, new_request_id
+from corral.triggers.httpinvoke import invoke_for_http
 from corral.triggers.httpmap import (
     ALL_METHODS,
     MAX_REQUEST_BYTES,
     HttpReply,
     HttpRequest,
-    MalformedResponse,
     json_reply,
     reply_v1,
     reply_v2,
@@ -404,31 +402,10 @@ class HttpRoutes(WithoutBackgroundWork):
     async def _invoke(self, route: HttpRoute, key: RouteKey, params: dict[str, str],
                       req: HttpRequest, request_id: str) -> HttpReply:
         payload = json.dumps(self.event(route, key, params, req, request_id)).encode()
-        if len(payload) > self._settings.limits.sync_payload_max_bytes:
-            return json_reply(413, {"message": "Request Entity Too Large"})
-        where = f"route {route.api} {route.route_key}"
-        try:
-            function = self._registry.resolve(route.function_name, route.qualifier)
-            result = await self._runtime.scheduler.invoke(Invocation(
-                request_id=request_id, function=function, payload=payload,
-                invoked_arn=self._registry.arn(route.function_name, route.qualifier)))
-        except TooManyRequestsException:
-            return json_reply(429, {"message": "Too Many Requests"})
-        except LambdaApiError as exc:
-            log.warning("%s: %s", where, exc.message)
-            return _server_error(exc.message)
-        if result.function_error:
-            reason = f"The function failed ({result.error_type or result.function_error})"
-            log.info("%s: %s", where, reason)
-            return _server_error(reason)
-        try:
-            if route.payload_format == "1.0":
-                return reply_v1(result.payload)
-            return reply_v2(result.payload)
-        except MalformedResponse as exc:
-            reason = f"Malformed Lambda proxy response: {exc}"
-            log.info("%s: %s", where, reason)
-            return _server_error(reason)
+        return await invoke_for_http(
+            self._runtime, route.function_name, route.qualifier, payload, request_id,
+            where=f"route {route.api} {route.route_key}", message_key="message",
+            parse=reply_v1 if route.payload_format == "1.0" else reply_v2, failed=_server_error)
 
 
 def install(runtime: Runtime) -> HttpRoutes:

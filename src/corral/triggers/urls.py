@@ -47,17 +47,16 @@ from corral.errors import (
     LambdaApiError,
     ResourceConflictException,
     ResourceNotFoundException,
-    TooManyRequestsException,
 )
 from corral.feature import WithoutBackgroundWork
 from corral.iam.sigv4 import Identity
-from corral.model import LATEST, Invocation, new_request_id
+from corral.model import LATEST, new_request_id
+from corral.triggers.httpinvoke import invoke_for_http
 from corral.triggers.httpmap import (
     ALL_METHODS,
     MAX_REQUEST_BYTES,
     HttpReply,
     HttpRequest,
-    MalformedResponse,
     json_reply,
     reply_v2,
     request_from_scope,
@@ -221,6 +220,11 @@ def apply_cors(reply: HttpReply, cors: dict[str, Any], origin: str | None) -> No
         reply.headers.append(("access-control-allow-credentials", "true"))
     if allow != "*":
         reply.headers.append(("vary", "Origin"))
+
+
+def _server_error(reason: str) -> HttpReply:
+    """A function URL's 502: the reason is only in the server log."""
+    return json_reply(502, {"Message": "Internal Server Error"})
 
 
 # -- the feature ---------------------------------------------------------------------------------
@@ -455,28 +459,10 @@ class FunctionUrls(WithoutBackgroundWork):
                          domain_name=f"{config.url_id}.lambda-url.{region}.on.aws",
                          domain_prefix=config.url_id, account_id=self._settings.account_id,
                          request_id=request_id, function_url=True, authorizer=authorizer)
-        payload = json.dumps(event).encode()
-        if len(payload) > self._settings.limits.sync_payload_max_bytes:
-            return json_reply(413, {"Message": "Request Entity Too Large"})
-        try:
-            function = self._registry.resolve(config.function_name, config.qualifier)
-            result = await self._runtime.scheduler.invoke(Invocation(
-                request_id=request_id, function=function, payload=payload,
-                invoked_arn=self._registry.arn(config.function_name, config.qualifier)))
-        except TooManyRequestsException:
-            return json_reply(429, {"Message": "Too Many Requests"})
-        except LambdaApiError as exc:
-            log.warning("function URL %s: %s", config.url_id, exc.message)
-            return json_reply(502, {"Message": "Internal Server Error"})
-        if result.function_error:
-            log.info("function URL %s: function error (%s)", config.url_id,
-                     result.error_type or result.function_error)
-            return json_reply(502, {"Message": "Internal Server Error"})
-        try:
-            return reply_v2(result.payload)
-        except MalformedResponse as exc:
-            log.info("function URL %s: malformed response: %s", config.url_id, exc)
-            return json_reply(502, {"Message": "Internal Server Error"})
+        return await invoke_for_http(
+            self._runtime, config.function_name, config.qualifier, json.dumps(event).encode(),
+            request_id, where=f"function URL {config.url_id}", message_key="Message",
+            parse=reply_v2, failed=_server_error)
 
 
 def install(runtime: Runtime) -> FunctionUrls:
